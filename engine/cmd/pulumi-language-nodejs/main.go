@@ -1,0 +1,229 @@
+// Command pulumi-language-nodejs is a Node.js language host for the Pulumi
+// engine, built from the sdk/v3 module at the engine's own version.
+//
+// Why it exists: Pulumi's own host lives in a separate Go module
+// (github.com/pulumi/pulumi/sdk/nodejs/cmd/pulumi-language-nodejs/v3) that has
+// no tags, and the module proxy reachable here refuses every pseudo-version of
+// it that we tried (see engine/README.md). The engine only needs the
+// LanguageRuntime gRPC service; this host implements it the same way: it runs
+// `@pulumi/pulumi/cmd/run` from the program's node_modules with the flags and
+// environment (PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS) that the SDK reads.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/config"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/util/cmdutil"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/util/logging"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/version"
+	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Exit code with which the SDK says it already printed an actionable message.
+const exitAfterUserMessage = 32
+
+func main() {
+	flag.String("tracing", "", "ignored: tracing is not supported by this host")
+	flag.Bool("typescript", false, "ignored: programs are compiled ahead of time")
+	flag.String("root", "", "ignored")
+	flag.String("tsconfig", "", "ignored")
+	flag.String("nodeargs", "", "ignored")
+	flag.String("packagemanager", "", "ignored")
+	flag.Parse()
+	logging.InitLogging(false, 0, false)
+
+	var engineAddress string
+	if args := flag.Args(); len(args) > 0 {
+		engineAddress = args[0]
+	}
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
+	cancelChannel := make(chan bool)
+	go func() {
+		<-ctx.Done()
+		cancel()
+		close(cancelChannel)
+	}()
+	if engineAddress != "" {
+		// Exit with the engine instead of lingering as an orphan.
+		if err := rpcutil.Healthcheck(ctx, engineAddress, 5*time.Minute, cancel); err != nil {
+			cmdutil.Exit(fmt.Errorf("could not start health check: %w", err))
+		}
+	}
+
+	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
+		Cancel: cancelChannel,
+		Init: func(srv *grpc.Server) error {
+			pulumirpc.RegisterLanguageRuntimeServer(srv, &host{engineAddress: engineAddress})
+			return nil
+		},
+	})
+	if err != nil {
+		cmdutil.Exit(fmt.Errorf("could not start language host: %w", err))
+	}
+	// The engine reads the port from the first line of stdout.
+	fmt.Printf("%d\n", handle.Port)
+	if err := <-handle.Done; err != nil {
+		cmdutil.Exit(fmt.Errorf("language host stopped serving: %w", err))
+	}
+}
+
+type host struct {
+	pulumirpc.UnimplementedLanguageRuntimeServer
+	engineAddress string
+}
+
+func (h *host) Handshake(ctx context.Context, req *pulumirpc.LanguageHandshakeRequest) (*pulumirpc.LanguageHandshakeResponse, error) {
+	h.engineAddress = req.EngineAddress
+	return &pulumirpc.LanguageHandshakeResponse{}, nil
+}
+
+// Dynamic providers are served by pulumi-resource-pulumi-nodejs, which the
+// engine finds on PATH, so the program needs no plugin downloads.
+func (h *host) GetRequiredPackages(ctx context.Context, req *pulumirpc.GetRequiredPackagesRequest) (*pulumirpc.GetRequiredPackagesResponse, error) {
+	return &pulumirpc.GetRequiredPackagesResponse{}, nil
+}
+
+func (h *host) GetRequiredPlugins(ctx context.Context, req *pulumirpc.GetRequiredPluginsRequest) (*pulumirpc.GetRequiredPluginsResponse, error) {
+	return &pulumirpc.GetRequiredPluginsResponse{}, nil
+}
+
+func (h *host) GetPluginInfo(ctx context.Context, _ *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
+	return &pulumirpc.PluginInfo{Version: version.Version}, nil
+}
+
+// Dependencies are installed by the project's own set-up (npm ci), never here.
+func (h *host) InstallDependencies(req *pulumirpc.InstallDependenciesRequest, server grpc.ServerStreamingServer[pulumirpc.InstallDependenciesResponse]) error {
+	return nil
+}
+
+func (h *host) RuntimeOptionsPrompts(ctx context.Context, req *pulumirpc.RuntimeOptionsRequest) (*pulumirpc.RuntimeOptionsResponse, error) {
+	return &pulumirpc.RuntimeOptionsResponse{}, nil
+}
+
+func (h *host) About(ctx context.Context, req *pulumirpc.AboutRequest) (*pulumirpc.AboutResponse, error) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return nil, err
+	}
+	out, err := exec.Command(node, "--version").Output()
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.AboutResponse{Executable: node, Version: strings.TrimSpace(string(out))}, nil
+}
+
+func (h *host) GetProgramDependencies(ctx context.Context, req *pulumirpc.GetProgramDependenciesRequest) (*pulumirpc.GetProgramDependenciesResponse, error) {
+	return &pulumirpc.GetProgramDependenciesResponse{}, nil
+}
+
+func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
+	programDir := req.GetPwd()
+	entryPoint := req.GetProgram()
+	if info := req.GetInfo(); info != nil {
+		programDir = info.GetProgramDirectory()
+		entryPoint = info.GetEntryPoint()
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return &pulumirpc.RunResponse{Error: "node is not on PATH: " + err.Error()}, nil
+	}
+	runPath, err := resolveModule(node, programDir, "@pulumi/pulumi/cmd/run")
+	if err != nil {
+		return &pulumirpc.RunResponse{Error: err.Error()}, nil
+	}
+
+	args := []string{runPath}
+	add := func(k, v string) {
+		if v != "" {
+			args = append(args, "--"+k, v)
+		}
+	}
+	add("monitor", req.GetMonitorAddress())
+	add("engine", h.engineAddress)
+	add("organization", req.GetOrganization())
+	add("project", req.GetProject())
+	add("stack", req.GetStack())
+	add("pwd", programDir)
+	if req.GetDryRun() {
+		args = append(args, "--dry-run")
+	}
+	add("query-mode", strconv.FormatBool(req.GetQueryMode()))
+	add("parallel", strconv.Itoa(int(req.GetParallel())))
+	args = append(args, entryPoint)
+	args = append(args, req.GetArgs()...)
+
+	cfg, err := configJSON(req.GetConfig())
+	if err != nil {
+		return &pulumirpc.RunResponse{Error: "failed to serialize configuration: " + err.Error()}, nil
+	}
+	secretKeys, err := json.Marshal(nonNil(req.GetConfigSecretKeys()))
+	if err != nil {
+		return &pulumirpc.RunResponse{Error: err.Error()}, nil
+	}
+
+	cmd := exec.Command(node, args...)
+	cmd.Dir = programDir
+	cmd.Stdout = os.Stdout
+	cmd.Stderr = os.Stderr
+	cmd.Env = append(os.Environ(),
+		"PULUMI_CONFIG="+cfg,
+		"PULUMI_CONFIG_SECRET_KEYS="+string(secretKeys))
+	if err := cmd.Run(); err != nil {
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			if exitErr.ExitCode() == exitAfterUserMessage {
+				return &pulumirpc.RunResponse{Bail: true}, nil
+			}
+			return &pulumirpc.RunResponse{Error: fmt.Sprintf("Program exited with non-zero exit code: %d", exitErr.ExitCode())}, nil
+		}
+		return &pulumirpc.RunResponse{Error: "could not run node: " + err.Error()}, nil
+	}
+	return &pulumirpc.RunResponse{}, nil
+}
+
+// resolveModule asks node itself, so resolution follows Node's own rules.
+func resolveModule(node, dir, module string) (string, error) {
+	cmd := exec.Command(node, "-e", "console.log(require.resolve(process.argv[1]))", module)
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("cannot find %s from %s (run `npm ci` there): %w", module, dir, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// The SDK reads keys as "<namespace>:config:<name>", the format older SDKs expect too.
+func configJSON(cfg map[string]string) (string, error) {
+	out := make(map[string]string, len(cfg))
+	for k, v := range cfg {
+		key, err := config.ParseKey(k)
+		if err != nil {
+			return "", err
+		}
+		out[key.Namespace()+":config:"+key.Name()] = v
+	}
+	b, err := json.Marshal(out)
+	return string(b), err
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

@@ -1,0 +1,259 @@
+import * as fs from "fs";
+import * as path from "path";
+import type { ChildProcess } from "child_process";
+import { isQemuFor, startQemu, stopQemu, vmPaths, configVmName, parseQemuConfig } from "../drivers/qemu";
+import { JobResult, VmObserved, VmSpec, VmView } from "./protocol";
+import { readJson, writeFileAtomic } from "./state";
+
+interface Entry {
+  name: string;
+  spec: VmSpec;
+  observed: VmObserved;
+  child?: ChildProcess;
+  /** Set while the agent itself stops the VM, so the exit is not reported as a failure. */
+  stopping?: boolean;
+}
+
+interface PersistedState {
+  vms: { name: string; spec: VmSpec; observed: VmObserved }[];
+}
+
+const CONSOLE_READ_LIMIT = 8 * 1024 * 1024;
+
+/** Parses the job's result out of the serial console text. */
+export function parseJob(consoleText: string, markers: { begin: string; end: string }): JobResult {
+  const text = consoleText.replace(/\r/g, "");
+  const b = text.lastIndexOf(`\n${markers.begin}\n`);
+  const start = b >= 0 ? b + 1 : text.startsWith(`${markers.begin}\n`) ? 0 : -1;
+  if (start < 0) return { state: "waiting" };
+  const body = text.slice(start + markers.begin.length + 1);
+  const endRe = new RegExp(`(^|\\n)${markers.end.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} status=(\\d+)==\\n`);
+  const m = endRe.exec(body);
+  if (!m) return { state: "waiting" };
+  return { state: "done", exitCode: Number(m[2]), output: body.slice(0, m.index + m[1].length) };
+}
+
+/**
+ * The node agent's core: holds desired state per VM, starts and stops QEMU to
+ * match it, watches the processes, and persists everything atomically so that
+ * a restarted agent re-adopts running VMs instead of starting duplicates.
+ */
+export class Agent {
+  private vms = new Map<string, Entry>();
+  private queues = new Map<string, Promise<unknown>>();
+  private watcher?: NodeJS.Timeout;
+  private readonly stateFile: string;
+
+  constructor(
+    readonly stateDir: string,
+    private readonly log: (msg: string) => void = () => undefined,
+  ) {
+    this.stateFile = path.join(stateDir, "state.json");
+  }
+
+  /** Loads persisted state and re-adopts VMs whose QEMU is still running. */
+  load(): void {
+    fs.mkdirSync(path.join(this.stateDir, "vms"), { recursive: true });
+    const saved = readJson<PersistedState>(this.stateFile);
+    for (const v of saved?.vms ?? []) {
+      const e: Entry = { ...v };
+      const alive = e.observed.pid !== undefined && isQemuFor(e.observed.pid, configVmName(e.spec.config));
+      if (alive) {
+        e.observed = { ...e.observed, state: "running", message: "re-adopted after an agent restart" };
+        this.log(`re-adopted VM ${e.name} (pid ${e.observed.pid})`);
+      } else if (e.observed.state === "running" || e.observed.state === "starting") {
+        e.observed = {
+          ...e.observed,
+          state: "failed",
+          pid: undefined,
+          lastExit: { at: new Date().toISOString(), code: null, signal: null, expected: false },
+          message: "QEMU ended while the agent was down",
+        };
+      }
+      this.vms.set(e.name, e);
+    }
+    this.persist();
+    // Adopted processes are not our children: poll them.
+    this.watcher = setInterval(() => this.pollAdopted(), 500);
+    this.watcher.unref();
+  }
+
+  close(): void {
+    if (this.watcher) clearInterval(this.watcher);
+  }
+
+  private persist(): void {
+    const data: PersistedState = { vms: [...this.vms.values()].map(({ name, spec, observed }) => ({ name, spec, observed })) };
+    writeFileAtomic(this.stateFile, JSON.stringify(data, null, 2));
+  }
+
+  /** Runs operations on one VM one at a time. */
+  private serial<T>(name: string, op: () => Promise<T>): Promise<T> {
+    const prev = this.queues.get(name) ?? Promise.resolve();
+    const next = prev.then(op, op);
+    this.queues.set(
+      name,
+      next.catch(() => undefined),
+    );
+    return next;
+  }
+
+  private vmDir(name: string): string {
+    return path.join(this.stateDir, "vms", name);
+  }
+
+  private pollAdopted(): void {
+    for (const e of this.vms.values()) {
+      if (e.child || e.stopping || e.observed.state !== "running" || e.observed.pid === undefined) continue;
+      if (!isQemuFor(e.observed.pid, configVmName(e.spec.config))) this.onExit(e, null, null);
+    }
+  }
+
+  private onExit(e: Entry, code: number | null, signal: string | null): void {
+    const expected = !!e.stopping;
+    const job = this.job(e);
+    const clean = code === 0 && job.state === "done";
+    e.child = undefined;
+    e.observed = {
+      ...e.observed,
+      state: expected ? "stopped" : clean ? "exited" : "failed",
+      pid: undefined,
+      lastExit: { at: new Date().toISOString(), code, signal, expected },
+      message: expected
+        ? "stopped by the agent"
+        : clean
+          ? "the guest powered off after its job"
+          : `QEMU ended unexpectedly (${signal ? `signal ${signal}` : `exit code ${code ?? "unknown"}`})`,
+    };
+    if (!expected) this.log(`VM ${e.name}: ${e.observed.message}`);
+    this.persist();
+  }
+
+  private isRunning(e: Entry): boolean {
+    return e.observed.pid !== undefined && isQemuFor(e.observed.pid, configVmName(e.spec.config));
+  }
+
+  private async start(e: Entry): Promise<void> {
+    const paths = vmPaths(this.vmDir(e.name));
+    // QEMU also locks its pidfile, so even a racing second start cannot run two copies.
+    const child = startQemu(e.spec.config, paths);
+    e.child = child;
+    e.stopping = false;
+    e.observed = { state: "starting", pid: child.pid, startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit };
+    child.on("exit", (code, signal) => {
+      if (e.child === child) this.onExit(e, code, signal);
+    });
+    this.persist();
+    // Wait until QEMU has written its pidfile (it is up) or has exited.
+    const deadline = Date.now() + 10000;
+    while (Date.now() < deadline && e.child === child) {
+      if (fs.existsSync(paths.pidfile)) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (e.child !== child) {
+      const err = fs.existsSync(paths.stderr) ? fs.readFileSync(paths.stderr, "utf8").trim().split("\n").slice(-3).join(" | ") : "";
+      e.observed = { ...e.observed, message: `QEMU failed to start: ${err || e.observed.message}` };
+      this.persist();
+      throw new Error(`VM ${e.name}: ${e.observed.message}`);
+    }
+    e.observed = { ...e.observed, state: "running", message: undefined };
+    this.persist();
+    this.log(`VM ${e.name} started (pid ${child.pid})`);
+  }
+
+  private async stop(e: Entry): Promise<void> {
+    const pid = e.observed.pid;
+    if (pid === undefined) return;
+    e.stopping = true;
+    await stopQemu(pid, configVmName(e.spec.config), vmPaths(this.vmDir(e.name)), e.spec.stopGraceSeconds * 1000);
+    if (e.child) {
+      // Let the 'exit' handler record how it ended.
+      const child = e.child;
+      await new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once("exit", () => r())));
+    } else if (e.observed.pid !== undefined) {
+      this.onExit(e, null, null);
+    }
+  }
+
+  /** Makes the VM match spec: starts it, restarts it when its config changed, or leaves it be. */
+  put(name: string, spec: VmSpec): Promise<VmView> {
+    parseQemuConfig(spec.config); // reject a bad config before touching anything
+    if (configVmName(spec.config) !== name) throw new Error(`config: -name must be the VM name "${name}", found "${configVmName(spec.config)}"`);
+    return this.serial(name, async () => {
+      let e = this.vms.get(name);
+      if (!e) {
+        e = { name, spec, observed: { state: "stopped", starts: 0 } };
+        this.vms.set(name, e);
+      }
+      const running = this.isRunning(e);
+      const changed = e.spec.config !== spec.config;
+      if (running && changed) {
+        this.log(`VM ${name}: config changed, restarting`);
+        await this.stop(e);
+      }
+      e.spec = spec;
+      if (!running || changed) await this.start(e);
+      else this.persist();
+      return this.view(e);
+    });
+  }
+
+  delete(name: string): Promise<boolean> {
+    return this.serial(name, async () => {
+      const e = this.vms.get(name);
+      if (!e) return false;
+      if (this.isRunning(e)) await this.stop(e);
+      this.vms.delete(name);
+      fs.rmSync(this.vmDir(name), { recursive: true, force: true });
+      this.persist();
+      return true;
+    });
+  }
+
+  async shutdown(): Promise<void> {
+    await Promise.all([...this.vms.keys()].map((n) => this.delete(n)));
+    this.close();
+  }
+
+  get(name: string): VmView | undefined {
+    const e = this.vms.get(name);
+    return e && this.view(e);
+  }
+
+  list(): VmView[] {
+    return [...this.vms.values()].map((e) => this.view(e));
+  }
+
+  private consoleText(e: Entry): string {
+    const file = vmPaths(this.vmDir(e.name)).console;
+    try {
+      const fd = fs.openSync(file, "r");
+      try {
+        const size = fs.fstatSync(fd).size;
+        const len = Math.min(size, CONSOLE_READ_LIMIT);
+        const buf = Buffer.alloc(len);
+        fs.readSync(fd, buf, 0, len, size - len);
+        return buf.toString("utf8");
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch {
+      return "";
+    }
+  }
+
+  private job(e: Entry): JobResult {
+    return parseJob(this.consoleText(e), e.spec.markers);
+  }
+
+  private view(e: Entry): VmView {
+    const text = this.consoleText(e);
+    return {
+      name: e.name,
+      spec: e.spec,
+      observed: { ...e.observed },
+      job: parseJob(text, e.spec.markers),
+      consoleTail: text.replace(/\r/g, "").split("\n").slice(-20).join("\n"),
+    };
+  }
+}

@@ -1,0 +1,102 @@
+// The lifecycle table: for every field of every kind, what a change does to
+// the VMs it affects. The provider's diff, the docs and the tests all read it.
+//
+//   in-place  applied without touching the running guest
+//   restart   the VM's QEMU process is restarted with the new config
+//   replace   the VM is deleted and created anew (new image, new identity)
+
+export type Policy = "in-place" | "restart" | "replace";
+
+export interface FieldRule {
+  policy: Policy;
+  /** The VirtualMachine input that carries this field, if any. */
+  vmInput?: VmInputKey;
+  why: string;
+}
+
+/** Inputs of a VirtualMachine resource, each with its own policy below. */
+export type VmInputKey =
+  | "cluster"
+  | "vmName"
+  | "host"
+  | "agentUrl"
+  | "token"
+  | "hypervisor"
+  | "imageId"
+  | "memoryMiB"
+  | "vcpus"
+  | "machine"
+  | "accel"
+  | "kernelArgs"
+  | "config"
+  | "markers"
+  | "jobTimeoutSeconds";
+
+export const LIFECYCLE: Record<string, FieldRule> = {
+  "Environment.apiVersion": { policy: "in-place", why: "only one version exists" },
+  "Environment.kind": { policy: "replace", why: "a different kind is a different object" },
+  "Environment.metadata.name": { policy: "in-place", why: "VMs refer to the image by content, not by name" },
+  "Environment.metadata.description": { policy: "in-place", why: "documentation only" },
+  "Environment.spec.base": { policy: "replace", vmInput: "imageId", why: "a new image" },
+  "Environment.spec.kernelArgs": { policy: "restart", vmInput: "kernelArgs", why: "read by the kernel at boot" },
+  "Environment.spec.job.command": { policy: "replace", vmInput: "imageId", why: "the job is baked into the image's init" },
+  "Environment.spec.job.env": { policy: "replace", vmInput: "imageId", why: "baked into the image's init" },
+  "Environment.spec.job.afterJob": { policy: "replace", vmInput: "imageId", why: "baked into the image's init" },
+  "Environment.spec.job.timeoutSeconds": { policy: "in-place", vmInput: "jobTimeoutSeconds", why: "only how long the provider waits" },
+  "VmProfile.apiVersion": { policy: "in-place", why: "only one version exists" },
+  "VmProfile.kind": { policy: "replace", why: "a different kind is a different object" },
+  "VmProfile.metadata.name": { policy: "in-place", why: "VMs take the profile's values, not its name" },
+  "VmProfile.metadata.description": { policy: "in-place", why: "documentation only" },
+  "VmProfile.spec.hypervisor": { policy: "replace", vmInput: "hypervisor", why: "another hypervisor runs the VM" },
+  "VmProfile.spec.memory": { policy: "restart", vmInput: "memoryMiB", why: "QEMU sizes guest RAM at start" },
+  "VmProfile.spec.vcpus": { policy: "restart", vmInput: "vcpus", why: "QEMU creates vCPUs at start" },
+  "VmProfile.spec.machine": { policy: "restart", vmInput: "machine", why: "the machine type is fixed at start" },
+  "VmProfile.spec.accel": { policy: "restart", vmInput: "accel", why: "the accelerator is fixed at start" },
+  "VirtualCluster.apiVersion": { policy: "in-place", why: "only one version exists" },
+  "VirtualCluster.kind": { policy: "replace", why: "a different kind is a different object" },
+  "VirtualCluster.metadata.name": { policy: "replace", vmInput: "cluster", why: "VM names derive from the cluster name" },
+  "VirtualCluster.metadata.description": { policy: "in-place", why: "documentation only" },
+  "VirtualCluster.spec.environment": { policy: "replace", vmInput: "imageId", why: "another image (when its content differs)" },
+  "VirtualCluster.spec.profile": { policy: "restart", vmInput: "config", why: "per changed profile field, as above" },
+  "VirtualCluster.spec.nodes": { policy: "in-place", why: "adds or removes VMs; the others are untouched" },
+  "VirtualCluster.spec.allocation.manager": { policy: "replace", vmInput: "agentUrl", why: "other agents on other hosts" },
+  "VirtualCluster.spec.allocation.hosts": { policy: "replace", vmInput: "host", why: "VMs whose host changes move to another agent" },
+  "VirtualCluster.spec.overrides.vm": { policy: "restart", vmInput: "config", why: "per changed field, as below" },
+  "VirtualCluster.spec.overrides.memory": { policy: "restart", vmInput: "memoryMiB", why: "QEMU sizes guest RAM at start" },
+  "VirtualCluster.spec.overrides.vcpus": { policy: "restart", vmInput: "vcpus", why: "QEMU creates vCPUs at start" },
+};
+
+/** Policy per VirtualMachine input; the diff of a VM is the strongest policy of its changed inputs. */
+export const VM_INPUT_POLICY: Record<VmInputKey, Policy> = {
+  cluster: "replace",
+  vmName: "replace",
+  host: "replace",
+  agentUrl: "replace",
+  token: "in-place",
+  hypervisor: "replace",
+  imageId: "replace",
+  memoryMiB: "restart",
+  vcpus: "restart",
+  machine: "restart",
+  accel: "restart",
+  kernelArgs: "restart",
+  // A config change not explained by a field above (e.g. a template change) restarts the VM.
+  config: "restart",
+  markers: "replace",
+  jobTimeoutSeconds: "in-place",
+};
+
+const RANK: Record<Policy, number> = { "in-place": 0, restart: 1, replace: 2 };
+
+export function strongest(policies: Policy[]): Policy | undefined {
+  return policies.sort((a, b) => RANK[b] - RANK[a])[0];
+}
+
+/** What a change of the given VM inputs does to the VM. */
+export function vmChange(changed: string[]): { policy?: Policy; replaces: string[] } {
+  const known = changed.filter((k): k is VmInputKey => k in VM_INPUT_POLICY);
+  return {
+    policy: strongest(known.map((k) => VM_INPUT_POLICY[k])),
+    replaces: known.filter((k) => VM_INPUT_POLICY[k] === "replace"),
+  };
+}

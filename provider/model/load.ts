@@ -1,0 +1,273 @@
+import * as fs from "fs";
+import * as path from "path";
+import Ajv, { ErrorObject, ValidateFunction } from "ajv";
+import { Document, LineCounter, isMap, isPair, isScalar, isSeq, parseAllDocuments, Node } from "yaml";
+import { DefinitionError, DefinitionProblem } from "./errors";
+import type { Environment, VirtualCluster, VmProfile } from "./types.generated";
+
+export const API_VERSION = "vse.dev/v1";
+/** Definitions are small; anything larger is refused before it is parsed. */
+export const MAX_FILE_BYTES = 1024 * 1024;
+/** Caps alias expansion so that a "billion laughs" document fails fast. */
+const MAX_ALIAS_COUNT = 100;
+
+const KINDS = {
+  Environment: "environment.schema.json",
+  VmProfile: "vmprofile.schema.json",
+  VirtualCluster: "virtualcluster.schema.json",
+} as const;
+export type Kind = keyof typeof KINDS;
+
+/** A validated document and a way to point at any of its fields. */
+export interface Located<T> {
+  doc: T;
+  file: string;
+  /** Line and column of a field (path segments), or of the document when absent. */
+  at(fieldPath: (string | number)[]): { line: number; column: number };
+}
+
+export interface Definitions {
+  environments: Map<string, Located<Environment>>;
+  profiles: Map<string, Located<VmProfile>>;
+  clusters: Map<string, Located<VirtualCluster>>;
+}
+
+const SCHEMA_DIR = path.resolve(__dirname, "..", "..", "..", "schema");
+const SCHEMA_DIR_SRC = path.resolve(__dirname, "..", "..", "schema");
+
+function schemaDir(): string {
+  // Compiled code lives in dist/provider/model, sources in provider/model.
+  return fs.existsSync(SCHEMA_DIR) ? SCHEMA_DIR : SCHEMA_DIR_SRC;
+}
+
+let validators: Map<Kind, ValidateFunction> | undefined;
+function getValidators(): Map<Kind, ValidateFunction> {
+  if (validators) return validators;
+  const ajv = new Ajv({ allErrors: true, strict: false });
+  const dir = schemaDir();
+  for (const file of fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith(".schema.json"))
+    .sort()) {
+    ajv.addSchema(JSON.parse(fs.readFileSync(path.join(dir, file), "utf8")), file);
+  }
+  validators = new Map();
+  for (const [kind, file] of Object.entries(KINDS) as [Kind, string][]) {
+    validators.set(kind, ajv.getSchema(file)!);
+  }
+  return validators;
+}
+
+/** Lists the YAML files named by paths (files, or directories searched recursively), sorted. */
+export function collectFiles(paths: string[]): string[] {
+  const out: string[] = [];
+  const walk = (p: string) => {
+    const st = fs.statSync(p);
+    if (st.isDirectory()) {
+      for (const e of fs.readdirSync(p).sort()) {
+        if (e.startsWith(".") || e === "node_modules") continue;
+        const child = path.join(p, e);
+        if (fs.statSync(child).isDirectory() || /\.ya?ml$/.test(e)) walk(child);
+      }
+    } else {
+      out.push(p);
+    }
+  };
+  for (const p of paths) {
+    if (!fs.existsSync(p)) throw new DefinitionError([{ file: p, line: 1, column: 1, field: "", message: "no such file or directory" }]);
+    walk(p);
+  }
+  return out;
+}
+
+/** Loads and validates every definition in paths; throws DefinitionError listing all problems. */
+export function loadDefinitions(paths: string[]): Definitions {
+  const defs: Definitions = { environments: new Map(), profiles: new Map(), clusters: new Map() };
+  const problems: DefinitionProblem[] = [];
+  for (const file of collectFiles(paths)) {
+    const size = fs.statSync(file).size;
+    if (size > MAX_FILE_BYTES) {
+      problems.push({ file, line: 1, column: 1, field: "", message: `file is ${size} bytes; definitions are limited to ${MAX_FILE_BYTES} bytes` });
+      continue;
+    }
+    loadText(fs.readFileSync(file, "utf8"), file, defs, problems);
+  }
+  if (problems.length) throw new DefinitionError(problems);
+  return defs;
+}
+
+/** Parses one file's text into defs; problems are appended, never thrown. */
+export function loadText(text: string, file: string, defs: Definitions, problems: DefinitionProblem[]): void {
+  const lineCounter = new LineCounter();
+  let docs: Document.Parsed[];
+  try {
+    docs = parseAllDocuments(text, { lineCounter, uniqueKeys: true, prettyErrors: false }) as Document.Parsed[];
+  } catch (err) {
+    problems.push({ file, line: 1, column: 1, field: "", message: `cannot parse YAML: ${(err as Error).message}` });
+    return;
+  }
+  if (!Array.isArray(docs)) docs = [docs as unknown as Document.Parsed];
+  for (const doc of docs) {
+    const pos = (offset: number) => {
+      const p = lineCounter.linePos(offset);
+      return { line: p.line, column: p.col };
+    };
+    if (doc.errors.length) {
+      for (const e of doc.errors) {
+        problems.push({ file, ...pos(e.pos[0]), field: "", message: `invalid YAML: ${e.message.split("\n")[0]}` });
+      }
+      continue;
+    }
+    const at = (fieldPath: (string | number)[]) => pos(nodeOffset(doc, fieldPath));
+    let value: unknown;
+    try {
+      value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+    } catch (err) {
+      problems.push({ file, ...at([]), field: "", message: `cannot read document: ${(err as Error).message}` });
+      continue;
+    }
+    if (value === null || value === undefined) continue; // empty document, e.g. a trailing '---'
+    if (typeof value !== "object" || Array.isArray(value)) {
+      problems.push({ file, ...at([]), field: "", message: "expected a mapping with apiVersion, kind, metadata and spec" });
+      continue;
+    }
+    const obj = value as Record<string, unknown>;
+    if (obj.apiVersion !== API_VERSION) {
+      problems.push({ file, ...at(["apiVersion"]), field: "apiVersion", message: `expected "${API_VERSION}", found ${JSON.stringify(obj.apiVersion)}` });
+      continue;
+    }
+    const kind = obj.kind;
+    if (typeof kind !== "string" || !(kind in KINDS)) {
+      problems.push({
+        file,
+        ...at(["kind"]),
+        field: "kind",
+        message: `expected one of ${Object.keys(KINDS).join(", ")}, found ${JSON.stringify(kind)}`,
+      });
+      continue;
+    }
+    const validate = getValidators().get(kind as Kind)!;
+    if (!validate(obj)) {
+      for (const p of describeAjvErrors(validate.errors ?? [])) {
+        problems.push({ file, ...at(p.path), field: p.path.join("."), message: p.message });
+      }
+      continue;
+    }
+    const located: Located<unknown> = { doc: obj, file, at };
+    const name = (obj.metadata as { name: string }).name;
+    const table = (kind === "Environment" ? defs.environments : kind === "VmProfile" ? defs.profiles : defs.clusters) as Map<string, Located<unknown>>;
+    const prior = table.get(name);
+    if (prior) {
+      const p = prior.at(["metadata", "name"]);
+      problems.push({
+        file,
+        ...at(["metadata", "name"]),
+        field: "metadata.name",
+        message: `duplicate ${kind} name "${name}" (first defined at ${prior.file}:${p.line}:${p.column})`,
+      });
+      continue;
+    }
+    table.set(name, located);
+  }
+}
+
+/** Offset of the deepest existing node on fieldPath (a missing field points at its parent). */
+function nodeOffset(doc: Document, fieldPath: (string | number)[]): number {
+  let node: unknown = doc.contents;
+  let offset = (doc.contents as Node | null)?.range?.[0] ?? 0;
+  for (const seg of fieldPath) {
+    if (isMap(node)) {
+      const pair = node.items.find((it) => isPair(it) && isScalar(it.key) && String(it.key.value) === String(seg));
+      if (!pair) break;
+      offset = (pair.key as Node).range?.[0] ?? offset;
+      node = pair.value;
+    } else if (isSeq(node) && typeof seg === "number" && node.items[seg]) {
+      node = node.items[seg];
+      offset = (node as Node).range?.[0] ?? offset;
+    } else {
+      break;
+    }
+  }
+  return offset;
+}
+
+interface PathMessage {
+  path: (string | number)[];
+  message: string;
+}
+
+function pointerToPath(pointer: string): (string | number)[] {
+  if (!pointer) return [];
+  return pointer
+    .slice(1)
+    .split("/")
+    .map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"))
+    .map((s) => (/^[0-9]+$/.test(s) ? Number(s) : s));
+}
+
+/** Turns ajv's errors into one message per field, saying what was expected and what was found. */
+export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
+  // A failed oneOf (memory sizes) also reports each branch; keep only the oneOf.
+  const oneOfPaths = new Set(errors.filter((e) => e.keyword === "oneOf").map((e) => e.instancePath));
+  const out: PathMessage[] = [];
+  const seen = new Set<string>();
+  for (const e of errors) {
+    if (e.keyword !== "oneOf" && oneOfPaths.has(e.instancePath)) continue;
+    let p = pointerToPath(e.instancePath);
+    let message: string;
+    const found = JSON.stringify(e.data);
+    switch (e.keyword) {
+      case "required":
+        p = [...p, (e.params as { missingProperty: string }).missingProperty];
+        message = `is required but missing`;
+        break;
+      case "additionalProperties": {
+        const extra = (e.params as { additionalProperty: string }).additionalProperty;
+        p = [...p, extra];
+        const allowed = Object.keys((e.parentSchema as { properties?: object }).properties ?? {});
+        message = `unknown field "${extra}"; expected one of: ${allowed.join(", ")}`;
+        break;
+      }
+      case "enum":
+        message = `expected one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(", ")}, found ${found}`;
+        break;
+      case "const":
+        message = `expected ${JSON.stringify((e.params as { allowedValue: unknown }).allowedValue)}, found ${found}`;
+        break;
+      case "type":
+        message = `expected ${(e.params as { type: string }).type}, found ${found === undefined ? "nothing" : found}`;
+        break;
+      case "pattern": {
+        const desc = (e.parentSchema as { description?: string }).description;
+        message = `expected ${desc ? lowerFirst(desc.split(":")[0].split(".")[0]) : `a value matching ${(e.params as { pattern: string }).pattern}`}, found ${found}`;
+        break;
+      }
+      case "oneOf":
+        message = `expected a memory size such as 256 (MiB), "256MiB" or "2GiB", found ${found}`;
+        break;
+      case "minimum":
+      case "maximum":
+      case "exclusiveMinimum":
+      case "exclusiveMaximum":
+        message = `expected a number ${e.keyword.includes("inimum") ? ">=" : "<="} ${(e.params as { limit: number }).limit}, found ${found}`;
+        break;
+      case "minItems":
+      case "maxItems":
+      case "minLength":
+      case "maxLength":
+        message = `expected ${e.keyword.startsWith("min") ? "at least" : "at most"} ${(e.params as { limit: number }).limit} ${e.keyword.endsWith("Items") ? "items" : "characters"}`;
+        break;
+      default:
+        message = `${e.message ?? "is invalid"}`;
+    }
+    const key = `${p.join(".")}|${message}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push({ path: p, message });
+  }
+  return out;
+}
+
+function lowerFirst(s: string): string {
+  return s.charAt(0).toLowerCase() + s.slice(1);
+}

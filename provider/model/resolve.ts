@@ -1,0 +1,175 @@
+import { DefinitionError, DefinitionProblem } from "./errors";
+import { Definitions, Located } from "./load";
+import { MAX_MEMORY_MIB, MIN_MEMORY_MIB, parseMemoryMiB } from "./units";
+import type { VirtualCluster } from "./types.generated";
+
+/** An environment with every default filled in: what the image is built from. */
+export interface EnvironmentModel {
+  name: string;
+  base: "busybox";
+  kernelArgs: string[];
+  job: {
+    command: string[];
+    env: Record<string, string>;
+    afterJob: "stay-up" | "power-off";
+    timeoutSeconds: number;
+  };
+}
+
+/** A profile with units normalised and defaults filled in. */
+export interface ProfileModel {
+  name: string;
+  hypervisor: "qemu";
+  memoryMiB: number;
+  vcpus: number;
+  machine: "microvm" | "q35" | "pc";
+  accel: "auto" | "tcg" | "kvm";
+}
+
+/** One VM of a cluster: its own effective profile and its host. */
+export interface VmModel {
+  name: string;
+  index: number;
+  /** Index of the host (node agent) it runs on. */
+  host: number;
+  profile: ProfileModel;
+}
+
+export interface ClusterModel {
+  name: string;
+  environment: EnvironmentModel;
+  profile: ProfileModel;
+  allocation: { manager: "local"; hosts: number };
+  vms: VmModel[];
+}
+
+export function environmentModel(l: Located<import("./types.generated").Environment>): EnvironmentModel {
+  const s = l.doc.spec;
+  return {
+    name: l.doc.metadata.name,
+    base: s.base ?? "busybox",
+    kernelArgs: [...(s.kernelArgs ?? [])],
+    job: {
+      command: [...s.job.command],
+      // Sorted so that key order in YAML never changes the image id.
+      env: Object.fromEntries(Object.entries(s.job.env ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
+      afterJob: s.job.afterJob ?? "stay-up",
+      timeoutSeconds: s.job.timeoutSeconds ?? 300,
+    },
+  };
+}
+
+function memory(value: number | string | undefined, fallback: number, where: () => DefinitionProblem, problems: DefinitionProblem[]): number {
+  if (value === undefined) return fallback;
+  try {
+    const mib = parseMemoryMiB(value);
+    if (mib < MIN_MEMORY_MIB || mib > MAX_MEMORY_MIB) {
+      throw new Error(`expected between ${MIN_MEMORY_MIB} MiB and ${MAX_MEMORY_MIB} MiB, found ${mib} MiB`);
+    }
+    return mib;
+  } catch (err) {
+    problems.push({ ...where(), message: (err as Error).message });
+    return fallback;
+  }
+}
+
+export function profileModel(l: Located<import("./types.generated").VmProfile>, problems: DefinitionProblem[]): ProfileModel {
+  const s = l.doc.spec;
+  const where = () => ({ file: l.file, ...l.at(["spec", "memory"]), field: "spec.memory", message: "" });
+  return {
+    name: l.doc.metadata.name,
+    hypervisor: s.hypervisor ?? "qemu",
+    memoryMiB: memory(s.memory, 256, where, problems),
+    vcpus: s.vcpus ?? 1,
+    machine: s.machine ?? "pc",
+    accel: s.accel ?? "auto",
+  };
+}
+
+/** Edit distance, for "did you mean" suggestions. */
+export function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+  }
+  return d[a.length][b.length];
+}
+
+function unknownReference(kind: string, name: string, known: Iterable<string>): string {
+  const names = [...known];
+  const best = names.map((n) => ({ n, d: editDistance(name, n) })).sort((x, y) => x.d - y.d)[0];
+  const hint =
+    best && best.d <= Math.max(2, Math.floor(name.length / 3))
+      ? `; did you mean "${best.n}"?`
+      : names.length
+        ? `; known: ${names.join(", ")}`
+        : `; no ${kind} is defined`;
+  return `unknown ${kind} "${name}"${hint}`;
+}
+
+function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: DefinitionProblem[]): ClusterModel | undefined {
+  const s = l.doc.spec;
+  const name = l.doc.metadata.name;
+  const problem = (field: (string | number)[], message: string) => problems.push({ file: l.file, ...l.at(field), field: field.join("."), message });
+  const envDef = defs.environments.get(s.environment);
+  const profDef = defs.profiles.get(s.profile);
+  if (!envDef) problem(["spec", "environment"], unknownReference("Environment", s.environment, defs.environments.keys()));
+  if (!profDef) problem(["spec", "profile"], unknownReference("VmProfile", s.profile, defs.profiles.keys()));
+  if (!envDef || !profDef) return undefined;
+
+  const profile = profileModel(profDef, problems);
+  const nodes = s.nodes ?? 1;
+  const hosts = s.allocation?.hosts ?? 1;
+  if (hosts > nodes) problem(["spec", "allocation", "hosts"], `expected at most ${nodes} hosts (one VM per host at least), found ${hosts}`);
+  const seen = new Set<number>();
+  (s.overrides ?? []).forEach((o, i) => {
+    if (o.vm >= nodes) problem(["spec", "overrides", i, "vm"], `expected a VM index below ${nodes} (nodes), found ${o.vm}`);
+    if (seen.has(o.vm)) problem(["spec", "overrides", i, "vm"], `VM ${o.vm} is overridden twice`);
+    seen.add(o.vm);
+  });
+  const vms: VmModel[] = [];
+  for (let i = 0; i < nodes; i++) {
+    const o = (s.overrides ?? []).find((x) => x.vm === i);
+    const k = (s.overrides ?? []).indexOf(o!);
+    const where = () => ({ file: l.file, ...l.at(["spec", "overrides", k, "memory"]), field: `spec.overrides.${k}.memory`, message: "" });
+    vms.push({
+      name: `${name}-${i}`,
+      index: i,
+      host: i % hosts,
+      profile: { ...profile, memoryMiB: memory(o?.memory, profile.memoryMiB, where, problems), vcpus: o?.vcpus ?? profile.vcpus },
+    });
+  }
+  return { name, environment: environmentModel(envDef), profile, allocation: { manager: "local", hosts }, vms };
+}
+
+/** Resolves references and defaults; throws DefinitionError with every problem found. */
+export function resolveClusters(defs: Definitions): ClusterModel[] {
+  const problems: DefinitionProblem[] = [];
+  const clusters: ClusterModel[] = [];
+  for (const l of defs.clusters.values()) {
+    const c = clusterModel(l, defs, problems);
+    if (c) clusters.push(c);
+  }
+  // VM names must be unique across clusters: they are agent keys and URN names.
+  const vmNames = new Map<string, string>();
+  for (const c of clusters) {
+    for (const vm of c.vms) {
+      const other = vmNames.get(vm.name);
+      if (other) {
+        const l = defs.clusters.get(c.name)!;
+        problems.push({
+          file: l.file,
+          ...l.at(["metadata", "name"]),
+          field: "metadata.name",
+          message: `VM name "${vm.name}" collides with a VM of cluster "${other}"`,
+        });
+      }
+      vmNames.set(vm.name, c.name);
+    }
+  }
+  if (problems.length) throw new DefinitionError(problems);
+  return clusters;
+}

@@ -1,0 +1,166 @@
+/* eslint-disable */
+// DO NOT EDIT: generated from schema/*.schema.json by scripts/gen-types.js (npm run gen).
+
+/**
+ * A Virtual System Environment (VSE): the software a job runs in, and the job itself. Built into a content-addressed image: the same definition reuses the cached image; a change to the job or contents builds a new one.
+ */
+export interface Environment {
+  /**
+   * Schema version of this document.
+   */
+  apiVersion: "vse.dev/v1";
+  /**
+   * Document kind.
+   */
+  kind: "Environment";
+  metadata: Metadata;
+  spec: {
+    /**
+     * What the image is built from. 'busybox': the host's Debian kernel (linux-image-amd64) and a busybox-static initramfs whose init runs the job; boots in seconds.
+     */
+    base?: "busybox";
+    /**
+     * Extra kernel command-line parameters, appended after the provider's own (console, panic).
+     *
+     * @maxItems 32
+     */
+    kernelArgs?: string[];
+    /**
+     * The job the guest's init runs once it has booted.
+     */
+    job: {
+      /**
+       * The job's argument vector (argv), run as is (no shell unless you name one).
+       *
+       * @minItems 1
+       * @maxItems 256
+       */
+      command: [string, ...string[]];
+      /**
+       * Environment variables for the job.
+       */
+      env?: {
+        [k: string]: string;
+      };
+      /**
+       * What the guest does when the job ends: 'stay-up' keeps it running (to inspect or update the cluster); 'power-off' ends the VM, as a batch job does.
+       */
+      afterJob?: "stay-up" | "power-off";
+      /**
+       * How long, in seconds from the VM's start, the provider waits for the job's result before it reports an error.
+       */
+      timeoutSeconds?: number;
+    };
+  };
+}
+/**
+ * Identity of a definition.
+ */
+export interface Metadata {
+  /**
+   * A lowercase DNS label: letters, digits and '-', starting with a letter, at most 40 characters. Names become file names, QEMU -name values and Pulumi URNs, so they are restricted before use.
+   */
+  name: string;
+  /**
+   * Free text for reviewers.
+   */
+  description?: string;
+}
+
+/**
+ * The shape of a virtual machine, independent of the hypervisor: switching hypervisor is a change of one field.
+ */
+export interface VmProfile {
+  /**
+   * Schema version of this document.
+   */
+  apiVersion: "vse.dev/v1";
+  /**
+   * Document kind.
+   */
+  kind: "VmProfile";
+  metadata: Metadata;
+  spec: {
+    /**
+     * The hypervisor that runs the VM; its config is rendered from templates/<hypervisor>/.
+     */
+    hypervisor?: "qemu";
+    /**
+     * Guest memory (unit: MiB when a bare number; bounds 16 MiB to 1 TiB).
+     */
+    memory?: number | string;
+    /**
+     * Number of virtual CPUs.
+     */
+    vcpus?: number;
+    /**
+     * QEMU machine type: 'pc' (default; PC-compatible, robust timers under TCG), 'q35', or 'microvm' (minimal; its timer calibration can hang a TCG guest on a loaded host).
+     */
+    machine?: "microvm" | "q35" | "pc";
+    /**
+     * Accelerator: 'tcg' (software emulation), 'kvm', or 'auto' (KVM only when a probe boot under KVM succeeds on this host, else TCG).
+     */
+    accel?: "auto" | "tcg" | "kvm";
+  };
+}
+
+/**
+ * A set of VMs, all of one environment and profile, spread over allocated hosts, each host driven by a node agent.
+ */
+export interface VirtualCluster {
+  /**
+   * Schema version of this document.
+   */
+  apiVersion: "vse.dev/v1";
+  /**
+   * Document kind.
+   */
+  kind: "VirtualCluster";
+  metadata: Metadata;
+  spec: {
+    /**
+     * A lowercase DNS label: letters, digits and '-', starting with a letter, at most 40 characters. Names become file names, QEMU -name values and Pulumi URNs, so they are restricted before use.
+     */
+    environment: string;
+    /**
+     * A lowercase DNS label: letters, digits and '-', starting with a letter, at most 40 characters. Names become file names, QEMU -name values and Pulumi URNs, so they are restricted before use.
+     */
+    profile: string;
+    /**
+     * Number of VMs. VM i is named '<cluster>-<i>' and placed on host i mod hosts.
+     */
+    nodes?: number;
+    /**
+     * Where the node agents run.
+     */
+    allocation?: {
+      /**
+       * 'local': agents are daemons on this machine (127.0.0.1), one per host.
+       */
+      manager?: "local";
+      /**
+       * Number of hosts, hence of node agents.
+       */
+      hosts?: number;
+    };
+    /**
+     * Per-VM changes to the profile, by VM index.
+     *
+     * @maxItems 256
+     */
+    overrides?: {
+      /**
+       * Index of the VM (0-based).
+       */
+      vm: number;
+      /**
+       * Guest memory for this VM.
+       */
+      memory?: number | string;
+      /**
+       * Virtual CPUs for this VM.
+       */
+      vcpus?: number;
+    }[];
+  };
+}

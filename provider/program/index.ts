@@ -1,0 +1,96 @@
+// The Pulumi program (Pulumi.yaml: runtime nodejs). Reads the YAML definitions
+// named by stack config `vse:definitions` (default examples/local-cluster) and
+// declares the resources: Environment and VmProfile per definition, then per
+// cluster a VirtualCluster and one VirtualMachine per VM, parented to it.
+import * as fs from "fs";
+import * as path from "path";
+import * as pulumi from "@pulumi/pulumi";
+import { Environment } from "../resources/environment";
+import { VmProfile } from "../resources/vm-profile";
+import { VirtualCluster } from "../resources/virtual-cluster";
+import { VirtualMachine } from "../resources/virtual-machine";
+import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, planClusters } from "./plan";
+import { DefinitionError } from "../model/errors";
+
+/** The directory of Pulumi.yaml: definitions and config paths are relative to it. */
+function projectRoot(): string {
+  for (let dir = __dirname; ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, "Pulumi.yaml"))) return dir;
+    if (path.dirname(dir) === dir) return process.cwd();
+  }
+}
+
+async function main(): Promise<Record<string, unknown>> {
+  const cfg = new pulumi.Config("vse");
+  const root = projectRoot();
+  const definitions = (cfg.get("definitions") ?? "examples/local-cluster").split(",").map((p) => path.resolve(root, p.trim()));
+  const cacheDir = path.resolve(root, cfg.get("cacheDir") ?? DEFAULT_CACHE_DIR);
+  const stateRoot = path.resolve(root, cfg.get("stateDir") ?? DEFAULT_STATE_DIR);
+
+  let plans;
+  try {
+    plans = await planClusters(definitions, cacheDir);
+  } catch (err) {
+    if (err instanceof DefinitionError) throw new pulumi.RunError(`invalid definitions:\n${err.message}`);
+    throw err;
+  }
+
+  const environments = new Map<string, Environment>();
+  const profiles = new Map<string, VmProfile>();
+  const vmsOut: Record<string, pulumi.Output<unknown>> = {};
+  for (const plan of plans) {
+    const m = plan.model;
+    let env = environments.get(m.environment.name);
+    if (!env) {
+      env = new Environment(m.environment.name, { spec: m.environment, imageId: plan.imageId, cacheDir });
+      environments.set(m.environment.name, env);
+    }
+    let profile = profiles.get(m.profile.name);
+    if (!profile) {
+      profile = new VmProfile(m.profile.name, { spec: m.profile });
+      profiles.set(m.profile.name, profile);
+    }
+    const cluster = new VirtualCluster(m.name, {
+      name: m.name,
+      stateRoot,
+      project: pulumi.getProject(),
+      stack: pulumi.getStack(),
+      manager: m.allocation.manager,
+      hosts: m.allocation.hosts,
+    });
+    for (const p of plan.vms) {
+      const vm = new VirtualMachine(
+        p.vm.name,
+        {
+          cluster: m.name,
+          vmName: p.vm.name,
+          host: p.vm.host,
+          agentUrl: cluster.agents.apply((agents) => agents[p.vm.host].url),
+          token: cluster.token,
+          hypervisor: p.vm.profile.hypervisor,
+          imageId: p.imageId,
+          memoryMiB: p.vm.profile.memoryMiB,
+          vcpus: p.vm.profile.vcpus,
+          machine: p.vm.profile.machine,
+          accel: p.accel,
+          kernelArgs: m.environment.kernelArgs.join(" "),
+          config: p.config,
+          markers: p.markers,
+          jobTimeoutSeconds: m.environment.job.timeoutSeconds,
+        },
+        { parent: cluster, dependsOn: [env, profile] },
+      );
+      vmsOut[p.vm.name] = pulumi.all([vm.status, vm.jobOutput, vm.jobExitCode, vm.jobSeconds, vm.pid]).apply(([status, output, exitCode, seconds, pid]) => ({
+        status,
+        output,
+        exitCode,
+        seconds,
+        pid,
+      }));
+    }
+  }
+  return { vms: vmsOut };
+}
+
+// Pulumi takes the resolved object as the stack's outputs.
+export = main();

@@ -1,0 +1,79 @@
+import * as pulumi from "@pulumi/pulumi";
+import type { EnvironmentModel } from "../model/resolve";
+
+export interface EnvironmentInputs {
+  /** The environment with defaults filled in, as the image is built from it. */
+  spec: EnvironmentModel;
+  /** Content address computed by the program; create checks it builds exactly this. */
+  imageId: string;
+  cacheDir: string;
+}
+
+export interface EnvironmentOutputs extends EnvironmentInputs {
+  kernel: string;
+  initrd: string;
+  /** False when the image already was in the cache. */
+  built: boolean;
+  present: boolean;
+}
+
+type Args = { [K in keyof EnvironmentInputs]: pulumi.Input<EnvironmentInputs[K]> };
+
+async function build(inputs: EnvironmentInputs): Promise<EnvironmentOutputs> {
+  const { buildImage } = require("../image/busybox") as typeof import("../image/busybox");
+  const img = buildImage(inputs.spec, inputs.cacheDir);
+  if (img.id !== inputs.imageId) {
+    throw new Error(
+      `Environment ${inputs.spec.name}: built image ${img.id.slice(0, 12)} but the program planned ${inputs.imageId.slice(0, 12)}; the host kernel or busybox changed during the run, run again`,
+    );
+  }
+  return { ...inputs, kernel: img.kernel, initrd: img.initrd, built: img.built, present: true };
+}
+
+export async function envCreate(inputs: EnvironmentInputs): Promise<pulumi.dynamic.CreateResult> {
+  return { id: inputs.imageId, outs: await build(inputs) };
+}
+
+export async function envDiff(olds: EnvironmentOutputs, news: EnvironmentInputs): Promise<pulumi.dynamic.DiffResult> {
+  const replaces = olds.imageId !== news.imageId || olds.cacheDir !== news.cacheDir ? ["imageId"] : [];
+  const changes = replaces.length > 0 || JSON.stringify(olds.spec) !== JSON.stringify(news.spec) || !olds.present;
+  return { changes, replaces };
+}
+
+export async function envUpdate(_olds: EnvironmentOutputs, news: EnvironmentInputs): Promise<pulumi.dynamic.UpdateResult> {
+  return { outs: await build(news) };
+}
+
+export async function envRead(id: string, props: EnvironmentOutputs): Promise<pulumi.dynamic.ReadResult> {
+  const fs = require("fs") as typeof import("fs");
+  return { id, props: { ...props, present: fs.existsSync(props.kernel) && fs.existsSync(props.initrd) } };
+}
+
+const MODULE = __filename;
+
+const provider: pulumi.dynamic.ResourceProvider = {
+  create: (inputs) => require(MODULE).envCreate(inputs),
+  diff: (_id, olds, news) => require(MODULE).envDiff(olds, news),
+  update: (_id, olds, news) => require(MODULE).envUpdate(olds, news),
+  read: (id, props) => require(MODULE).envRead(id, props),
+  // Images are a content-addressed cache shared by stacks; deleting the resource keeps them.
+  delete: async () => undefined,
+};
+
+/** A VSE: its image is built (or found in the cache) by content address. */
+export class Environment extends pulumi.dynamic.Resource {
+  declare readonly imageId: pulumi.Output<string>;
+  declare readonly kernel: pulumi.Output<string>;
+  declare readonly initrd: pulumi.Output<string>;
+
+  constructor(name: string, args: Args, opts?: pulumi.CustomResourceOptions) {
+    super(
+      provider,
+      name,
+      { ...args, kernel: undefined, initrd: undefined, built: undefined, present: undefined },
+      { ...opts, hideDiffs: ["__provider"] },
+      "vse",
+      "Environment",
+    );
+  }
+}

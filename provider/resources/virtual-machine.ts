@@ -1,0 +1,190 @@
+import * as pulumi from "@pulumi/pulumi";
+import type { VmView } from "../agent/protocol";
+
+/** Inputs of one VM; every key has a policy in provider/model/lifecycle.ts (VM_INPUT_POLICY). */
+export interface VirtualMachineInputs {
+  cluster: string;
+  vmName: string;
+  host: number;
+  agentUrl: string;
+  token: string;
+  hypervisor: "qemu";
+  imageId: string;
+  memoryMiB: number;
+  vcpus: number;
+  machine: string;
+  accel: string;
+  kernelArgs: string;
+  /** The rendered hypervisor config, line per option, so `preview --diff` shows which lines change. */
+  config: string;
+  markers: { begin: string; end: string };
+  jobTimeoutSeconds: number;
+}
+
+export interface VirtualMachineOutputs extends VirtualMachineInputs {
+  /** Observed state: running, completed (powered off after its job), failed, stopped, missing, unreachable. */
+  status: string;
+  pid: number | null;
+  /** How many times the agent has started this VM's QEMU. */
+  starts: number;
+  jobOutput: string | null;
+  jobExitCode: number | null;
+  /** Seconds from the request to the agent until the job's result appeared. */
+  jobSeconds: number | null;
+  message: string | null;
+}
+
+type Args = { [K in keyof VirtualMachineInputs]: pulumi.Input<VirtualMachineInputs[K]> };
+
+const INPUT_KEYS: (keyof VirtualMachineInputs)[] = [
+  "cluster",
+  "vmName",
+  "host",
+  "agentUrl",
+  "token",
+  "hypervisor",
+  "imageId",
+  "memoryMiB",
+  "vcpus",
+  "machine",
+  "accel",
+  "kernelArgs",
+  "config",
+  "markers",
+  "jobTimeoutSeconds",
+];
+
+const STOP_GRACE_SECONDS = 1;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function statusOf(v: VmView): string {
+  if (v.observed.state === "exited" && v.job.state === "done") return "completed";
+  if (v.observed.state === "starting") return "running";
+  return v.observed.state;
+}
+
+function outputsFrom(inputs: VirtualMachineInputs, v: VmView | undefined, jobSeconds: number | null, fallbackStatus = "missing"): VirtualMachineOutputs {
+  return {
+    ...inputs,
+    status: v ? statusOf(v) : fallbackStatus,
+    pid: v?.observed.pid ?? null,
+    starts: v?.observed.starts ?? 0,
+    jobOutput: v?.job.state === "done" ? (v.job.output ?? "") : null,
+    jobExitCode: v?.job.state === "done" ? (v.job.exitCode ?? null) : null,
+    jobSeconds,
+    message: v?.observed.message ?? null,
+  };
+}
+
+/** Sends the desired state and waits for the job's result; removes the VM again if that fails. */
+async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutputs): Promise<VirtualMachineOutputs> {
+  const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
+  const client = new AgentClient(inputs.agentUrl, inputs.token);
+  const t0 = Date.now();
+  const before = await client.getVm(inputs.vmName);
+  const view = await client.putVm(inputs.vmName, {
+    hypervisor: inputs.hypervisor,
+    config: inputs.config,
+    markers: inputs.markers,
+    stopGraceSeconds: STOP_GRACE_SECONDS,
+  });
+  const restarted = !before || view.observed.starts !== before.observed.starts;
+  if (!restarted && previous) return outputsFrom(inputs, view, previous.jobSeconds);
+
+  const deadline = t0 + inputs.jobTimeoutSeconds * 1000;
+  let v: VmView | undefined = view;
+  for (;;) {
+    if (v?.job.state === "done") return outputsFrom(inputs, v, (Date.now() - t0) / 1000);
+    if (v && (v.observed.state === "failed" || v.observed.state === "exited" || v.observed.state === "stopped")) {
+      throw await fail(client, inputs, v, `VM ${inputs.vmName} ended before its job reported a result: ${v.observed.message ?? v.observed.state}`);
+    }
+    if (Date.now() > deadline) {
+      throw await fail(client, inputs, v, `VM ${inputs.vmName}: no job result within ${inputs.jobTimeoutSeconds} s (Environment spec.job.timeoutSeconds)`);
+    }
+    await sleep(100);
+    v = await client.getVm(inputs.vmName);
+  }
+}
+
+async function fail(client: import("../agent/client").AgentClient, inputs: VirtualMachineInputs, v: VmView | undefined, message: string): Promise<Error> {
+  // A failed create must not leave an orphan VM behind on the agent.
+  await client.deleteVm(inputs.vmName).catch(() => undefined);
+  const tail = v?.consoleTail ? `\nlast console lines:\n${v.consoleTail}` : "";
+  return new Error(message + tail);
+}
+
+export async function vmCreate(inputs: VirtualMachineInputs): Promise<pulumi.dynamic.CreateResult> {
+  return { id: `${inputs.cluster}/${inputs.vmName}`, outs: await apply(inputs) };
+}
+
+export async function vmDiff(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<pulumi.dynamic.DiffResult> {
+  const { vmChange } = require("../model/lifecycle") as typeof import("../model/lifecycle");
+  const changed = INPUT_KEYS.filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+  const { replaces } = vmChange(changed);
+  // Drift found by refresh (the VM died or vanished) is repaired by an update.
+  const drifted = !["running", "completed"].includes(olds.status);
+  return { changes: changed.length > 0 || drifted, replaces, deleteBeforeReplace: replaces.length > 0 };
+}
+
+export async function vmUpdate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<pulumi.dynamic.UpdateResult> {
+  return { outs: await apply(news, olds) };
+}
+
+export async function vmDelete(props: VirtualMachineOutputs): Promise<void> {
+  const { AgentClient, AgentError } = require("../agent/client") as typeof import("../agent/client");
+  try {
+    await new AgentClient(props.agentUrl, props.token).deleteVm(props.vmName);
+  } catch (err) {
+    // With its agent gone, the cluster's delete stops the VM's process by pid.
+    if (!(err instanceof AgentError && err.status === 0)) throw err;
+  }
+}
+
+export async function vmRead(id: string, props: VirtualMachineOutputs): Promise<pulumi.dynamic.ReadResult> {
+  const { AgentClient, AgentError } = require("../agent/client") as typeof import("../agent/client");
+  try {
+    const v = await new AgentClient(props.agentUrl, props.token).getVm(props.vmName);
+    return { id, props: outputsFrom(props, v, props.jobSeconds) };
+  } catch (err) {
+    if (err instanceof AgentError && err.status === 0) return { id, props: { ...props, status: "unreachable", pid: null, message: err.message } };
+    throw err;
+  }
+}
+
+const MODULE = __filename;
+
+// Kept tiny: this object is serialized into every VM's state, so it only loads the code above.
+const provider: pulumi.dynamic.ResourceProvider = {
+  create: (inputs) => require(MODULE).vmCreate(inputs),
+  diff: (_id, olds, news) => require(MODULE).vmDiff(olds, news),
+  update: (_id, olds, news) => require(MODULE).vmUpdate(olds, news),
+  delete: (_id, props) => require(MODULE).vmDelete(props),
+  read: (id, props) => require(MODULE).vmRead(id, props),
+};
+
+/** One virtual machine of a cluster, kept in its desired state by the agent of its host. */
+export class VirtualMachine extends pulumi.dynamic.Resource {
+  declare readonly status: pulumi.Output<string>;
+  declare readonly pid: pulumi.Output<number | null>;
+  declare readonly starts: pulumi.Output<number>;
+  declare readonly jobOutput: pulumi.Output<string | null>;
+  declare readonly jobExitCode: pulumi.Output<number | null>;
+  declare readonly jobSeconds: pulumi.Output<number | null>;
+  declare readonly config: pulumi.Output<string>;
+
+  constructor(name: string, args: Args, opts?: pulumi.CustomResourceOptions) {
+    const outs = {
+      status: undefined,
+      pid: undefined,
+      starts: undefined,
+      jobOutput: undefined,
+      jobExitCode: undefined,
+      jobSeconds: undefined,
+      message: undefined,
+    };
+    super(provider, name, { ...args, ...outs }, { ...opts, hideDiffs: ["__provider"], additionalSecretOutputs: ["token"] }, "vse", "VirtualMachine");
+  }
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what the project needs, idempotently: Debian packages, npm
+# packages, the Pulumi engine (built from Go modules, cached outside the
+# clone), then compiles the TypeScript. Safe to run again and again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PULUMI_VERSION=v3.259.0
+CACHE_DIR="${VSE_CACHE_DIR:-$HOME/.cache/vse-provider}"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- Debian packages ----------------------------------------------------------
+need_debs=()
+command -v qemu-system-x86_64 >/dev/null || need_debs+=(qemu-system-x86)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need_debs+=(linux-image-amd64)
+# busybox-static: the guest's init needs a static busybox; the dynamic one won't run in an initramfs.
+if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then need_debs+=(busybox-static); fi
+command -v go >/dev/null || need_debs+=(golang-go)
+if [ "${#need_debs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing Debian packages: ${need_debs[*]}; run: sudo apt-get install -y ${need_debs[*]}"
+    exit 1
+  fi
+  log "installing Debian packages: ${need_debs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
+fi
+
+# --- npm packages -------------------------------------------------------------
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "installing npm packages (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# --- the Pulumi engine --------------------------------------------------------
+# Keyed by the engine version and our wrapper module's sources, so a change to
+# either builds afresh and anything else reuses the cache.
+engine_key=$(cat engine/go.mod engine/go.sum engine/tools.go engine/cmd/pulumi-language-nodejs/main.go | sha256sum | cut -c1-12)
+engine_bin="$CACHE_DIR/pulumi-engine/$PULUMI_VERSION-$engine_key/bin"
+if [ ! -x "$engine_bin/pulumi" ] || [ ! -x "$engine_bin/pulumi-language-nodejs" ]; then
+  log "building the Pulumi engine $PULUMI_VERSION from Go modules (first time only, several minutes)"
+  tmp=$(mktemp -d "$CACHE_DIR.build.XXXXXX" 2>/dev/null || { mkdir -p "$(dirname "$CACHE_DIR")"; mktemp -d "$CACHE_DIR.build.XXXXXX"; })
+  ldflags="-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION"
+  (cd engine && GOFLAGS=-mod=mod GOBIN="$tmp" go install -ldflags "$ldflags" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi ./cmd/pulumi-language-nodejs)
+  mkdir -p "$(dirname "$engine_bin")"
+  rm -rf "$engine_bin"
+  mv "$tmp" "$engine_bin"
+fi
+# The TypeScript side (provider/cli/engine.ts) reads this to find the engine.
+printf '%s\n' "$engine_bin" > .engine-bin
+
+# --- compile ------------------------------------------------------------------
+if [ "${VSE_SKIP_BUILD:-0}" != 1 ]; then
+  npx tsc -p tsconfig.json
+fi
