@@ -14,7 +14,8 @@ export interface AgentRecord {
   stateDir: string;
 }
 
-const AGENT_MAIN = path.resolve(__dirname, "..", "agent", "main.js");
+// The daemon always runs compiled code, also when this module is loaded from sources (ts-jest).
+const AGENT_MAIN = __filename.endsWith(".ts") ? path.resolve(__dirname, "..", "..", "dist", "provider", "agent", "main.js") : path.resolve(__dirname, "..", "agent", "main.js");
 
 export function newToken(): string {
   return crypto.randomBytes(32).toString("hex");

@@ -8,7 +8,7 @@ export interface VirtualMachineInputs {
   host: number;
   agentUrl: string;
   token: string;
-  hypervisor: "qemu";
+  hypervisor: string;
   imageId: string;
   memoryMiB: number;
   vcpus: number;
