@@ -12,7 +12,8 @@
 export const VM_NAME_PATTERN = /^[a-z]([a-z0-9-]{0,78}[a-z0-9])?$/;
 
 export interface VmSpec {
-  hypervisor: "qemu";
+  /** The agent drives QEMU; any other hypervisor is refused with 400 before anything starts. */
+  hypervisor: string;
   /** The rendered, line-oriented hypervisor config. */
   config: string;
   /** Markers around the job's output on the serial console. */
@@ -56,7 +57,7 @@ export function checkVmSpec(body: unknown): string | undefined {
   const allowed = ["hypervisor", "config", "markers", "stopGraceSeconds"];
   const extra = Object.keys(b).filter((k) => !allowed.includes(k));
   if (extra.length) return `${extra[0]}: unknown field; expected one of ${allowed.join(", ")}`;
-  if (b.hypervisor !== "qemu") return `hypervisor: expected "qemu", found ${JSON.stringify(b.hypervisor)}`;
+  if (b.hypervisor !== "qemu") return `hypervisor: expected "qemu" (the hypervisor this agent drives), found ${JSON.stringify(b.hypervisor)}`;
   if (typeof b.config !== "string" || !b.config.trim()) return "config: expected a non-empty string";
   if (b.config.length > 65536) return "config: expected at most 65536 characters";
   const m = b.markers as Record<string, unknown> | undefined;

@@ -1,0 +1,90 @@
+import * as fs from "fs";
+import * as path from "path";
+import { LIFECYCLE, VM_INPUT_POLICY, vmChange } from "../../provider/model/lifecycle";
+import { vmDiff, VirtualMachineOutputs } from "../../provider/resources/virtual-machine";
+
+const SCHEMA_DIR = path.join(__dirname, "..", "..", "schema");
+
+/** Every field path of a schema, following $refs into sibling schema files. */
+function fieldPaths(schema: Record<string, unknown>, file: string, prefix: string, out: Set<string>): void {
+  const resolve = (s: Record<string, unknown>, from: string): [Record<string, unknown>, string] => {
+    const ref = s.$ref as string | undefined;
+    if (!ref) return [s, from];
+    const [refFile, pointer] = ref.split("#");
+    const target = refFile || from;
+    let node = JSON.parse(fs.readFileSync(path.join(SCHEMA_DIR, target), "utf8"));
+    for (const seg of (pointer ?? "").split("/").filter(Boolean)) node = node[seg];
+    return resolve(node, target);
+  };
+  const [s, from] = resolve(schema, file);
+  const props = (s.properties ?? (s.items as Record<string, unknown> | undefined)?.properties) as Record<string, Record<string, unknown>> | undefined;
+  if (!props) return;
+  for (const [key, child] of Object.entries(props)) {
+    const p = prefix ? `${prefix}.${key}` : key;
+    out.add(p);
+    fieldPaths(child, from, p, out);
+  }
+}
+
+test("every schema field of every kind has a lifecycle rule", () => {
+  const kinds: Record<string, string> = { Environment: "environment.schema.json", VmProfile: "vmprofile.schema.json", VirtualCluster: "virtualcluster.schema.json" };
+  const missing: string[] = [];
+  for (const [kind, file] of Object.entries(kinds)) {
+    const paths = new Set<string>();
+    fieldPaths(JSON.parse(fs.readFileSync(path.join(SCHEMA_DIR, file), "utf8")), file, "", paths);
+    for (const p of paths) {
+      // Intermediate objects (spec, spec.job, metadata) are covered by their leaves.
+      const isParent = [...paths].some((q) => q.startsWith(`${p}.`));
+      if (!isParent && !LIFECYCLE[`${kind}.${p}`]) missing.push(`${kind}.${p}`);
+    }
+  }
+  expect(missing).toEqual([]);
+});
+
+test("every rule that names a VM input names a real one", () => {
+  for (const [field, rule] of Object.entries(LIFECYCLE)) {
+    if (rule.vmInput) expect({ field, known: rule.vmInput in VM_INPUT_POLICY }).toEqual({ field, known: true });
+  }
+});
+
+test("the strongest policy of the changed inputs wins", () => {
+  expect(vmChange([])).toEqual({ policy: undefined, replaces: [] });
+  expect(vmChange(["jobTimeoutSeconds"])).toEqual({ policy: "in-place", replaces: [] });
+  expect(vmChange(["memoryMiB", "config"])).toEqual({ policy: "restart", replaces: [] });
+  expect(vmChange(["memoryMiB", "imageId", "config"])).toEqual({ policy: "replace", replaces: ["imageId"] });
+});
+
+describe("the VirtualMachine diff reads the table", () => {
+  const base = {
+    cluster: "c",
+    vmName: "c-0",
+    host: 0,
+    agentUrl: "http://127.0.0.1:1",
+    token: "t",
+    hypervisor: "qemu",
+    imageId: "i",
+    memoryMiB: 256,
+    vcpus: 1,
+    machine: "pc",
+    accel: "tcg",
+    kernelArgs: "",
+    config: "-name c-0\n-m 256M\n",
+    markers: { begin: "b", end: "e" },
+    jobTimeoutSeconds: 60,
+  };
+  const olds: VirtualMachineOutputs = { ...base, status: "running", pid: 1, starts: 1, jobOutput: "5\n", jobExitCode: 0, jobSeconds: 1, message: null };
+
+  test("no change, no diff", async () => {
+    expect(await vmDiff(olds, base)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+  });
+  test("memory restarts in place (an update, not a replace)", async () => {
+    expect(await vmDiff(olds, { ...base, memoryMiB: 384, config: "-name c-0\n-m 384M\n" })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+  });
+  test("a new image replaces, deleting first so the name is free on the agent", async () => {
+    expect(await vmDiff(olds, { ...base, imageId: "j" })).toEqual({ changes: true, replaces: ["imageId"], deleteBeforeReplace: true });
+  });
+  test("drift seen by refresh is repaired by an update", async () => {
+    expect(await vmDiff({ ...olds, status: "failed" }, base)).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+    expect(await vmDiff({ ...olds, status: "completed" }, base)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+  });
+});
