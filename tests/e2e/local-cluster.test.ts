@@ -3,7 +3,7 @@
 // tiny VSE. The steps share one stack and run in order.
 import * as fs from "fs";
 import * as path from "path";
-import { EngineEvent } from "@pulumi/pulumi/automation";
+import type { EngineEvent } from "@pulumi/pulumi/automation";
 import { AgentClient } from "../../provider/agent/client";
 import { qemuFacts, vmPaths, processArgv } from "../../provider/drivers/qemu";
 import { createTestStack, exampleDefinitions, processesUnder, qemuProcessesFor, TestStack } from "../support/stack";
@@ -25,20 +25,33 @@ async function vmOutputs(): Promise<Record<string, VmOut>> {
   return (await t.stack.outputs()).vms.value as Record<string, VmOut>;
 }
 
-/** Each resource's step in a preview: op and URN, from the engine's events. */
-async function previewSteps(): Promise<{ steps: { op: string; urn: string }[]; summary: Record<string, number> }> {
-  const steps: { op: string; urn: string }[] = [];
+interface Step {
+  op: string;
+  urn: string;
+  /** Inputs whose old and new values differ, as the engine shows them in `preview --diff`. */
+  changed: string[];
+  oldConfig?: string;
+  newConfig?: string;
+}
+
+/** Each resource's step in a preview, from the engine's events: op, URN, changed inputs, old and new config. */
+async function previewSteps(): Promise<{ steps: Step[]; summary: Record<string, number> }> {
+  const steps: Step[] = [];
   const res = await t.stack.preview({
     diff: true,
     onEvent: (e: EngineEvent) => {
       const m = e.resourcePreEvent?.metadata;
-      if (m) steps.push({ op: m.op, urn: m.urn });
+      if (!m) return;
+      const olds = (m.old?.inputs ?? {}) as Record<string, unknown>;
+      const news = (m.new?.inputs ?? {}) as Record<string, unknown>;
+      const changed = [...new Set([...Object.keys(olds), ...Object.keys(news)])].filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+      steps.push({ op: m.op, urn: m.urn, changed, oldConfig: olds.config as string | undefined, newConfig: news.config as string | undefined });
     },
   });
   return { steps, summary: res.changeSummary as Record<string, number> };
 }
 
-function opsFor(steps: { op: string; urn: string }[], vm: string): string[] {
+function opsFor(steps: Step[], vm: string): string[] {
   return steps.filter((s) => s.urn.endsWith(`vse:VirtualMachine::${vm}`)).map((s) => s.op);
 }
 
@@ -95,6 +108,13 @@ test("changing one VM's memory updates only that VM, restarting it with the new 
   expect(steps.filter((s) => s.op !== "same")).toEqual([expect.objectContaining({ op: "update", urn: expect.stringContaining(`::${VM1}`) })]);
   expect(summary.update).toBe(1);
   expect(Object.keys(summary).sort()).toEqual(["same", "update"]);
+  // What a reviewer sees: the changed inputs, and the rendered config differing in exactly the memory line.
+  const step = steps.find((s) => s.op === "update")!;
+  expect(step.changed.sort()).toEqual(["config", "memoryMiB"]);
+  const oldLines = step.oldConfig!.split("\n");
+  const newLines = step.newConfig!.split("\n");
+  expect(oldLines.filter((l) => !newLines.includes(l))).toEqual(["-m 256M"]);
+  expect(newLines.filter((l) => !oldLines.includes(l))).toEqual(["-m 384M"]);
 
   const res = await t.stack.up();
   expect(res.summary.resourceChanges?.update).toBe(1);
@@ -159,6 +179,31 @@ test("a QEMU killed with SIGKILL is reported by its agent, shown by refresh, and
   // A second up changes nothing and never starts a second QEMU for the VM.
   await t.stack.up();
   expect(qemuProcessesFor(t.stateRoot, VM0)).toEqual([after[VM0].pid]);
+});
+
+test("a dead agent is seen by refresh and restarted by up, re-adopting its running VM", async () => {
+  const before = await vmOutputs();
+  const deployment = await t.stack.exportStack();
+  const cluster = deployment.deployment.resources.find((r: { type: string }) => r.type === "pulumi-nodejs:dynamic/vse:VirtualCluster");
+  const agent1 = cluster.outputs.agents[1];
+  process.kill(agent1.pid, "SIGKILL");
+  await new Promise((r) => setTimeout(r, 200));
+
+  await t.stack.refresh();
+  const refreshed = (await t.stack.exportStack()).deployment.resources.find((r: { type: string }) => r.type === "pulumi-nodejs:dynamic/vse:VirtualCluster");
+  expect(refreshed.outputs.agents.map((a: { healthy: boolean }) => a.healthy)).toEqual([true, false]);
+  const vm1 = (await t.stack.exportStack()).deployment.resources.find((r: { urn: string }) => r.urn.endsWith(`::${VM1}`));
+  expect(vm1.outputs.status).toBe("unreachable");
+
+  await t.stack.up();
+  const after = await vmOutputs();
+  // Same guest processes: the restarted agent adopted VM1 rather than booting it again.
+  expect(after[VM1].pid).toBe(before[VM1].pid);
+  expect(after[VM0].pid).toBe(before[VM0].pid);
+  expect(after[VM1].status).toBe("running");
+  const agent = await agentFor(1);
+  expect(agent.url).toBe(agent1.url);
+  expect((await agent.getVm(VM1))?.observed.message).toBe("re-adopted after an agent restart");
 });
 
 test("destroy leaves no QEMU or agent process and removes the state directories", async () => {
