@@ -134,9 +134,11 @@ func (h *host) GetProgramDependencies(ctx context.Context, req *pulumirpc.GetPro
 func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
 	programDir := req.GetPwd()
 	entryPoint := req.GetProgram()
+	rootDir := ""
 	if info := req.GetInfo(); info != nil {
 		programDir = info.GetProgramDirectory()
 		entryPoint = info.GetEntryPoint()
+		rootDir = info.GetRootDirectory()
 	}
 	node, err := exec.LookPath("node")
 	if err != nil {
@@ -158,6 +160,7 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	add("organization", req.GetOrganization())
 	add("project", req.GetProject())
 	add("stack", req.GetStack())
+	add("root-directory", rootDir)
 	add("pwd", programDir)
 	if req.GetDryRun() {
 		args = append(args, "--dry-run")
