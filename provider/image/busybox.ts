@@ -49,16 +49,73 @@ export function markersFor(imageId: string): JobMarkers {
   return { begin: `==vse-job:${tag}:begin==`, end: `==vse-job:${tag}:end` };
 }
 
+/**
+ * Opt-in additions to an image. Without them the image, its init and its id
+ * are exactly what they were before extras existed.
+ */
+export interface ImageExtras {
+  /** Kernel modules to load at boot, by name (e.g. "virtio_net"); their dependencies come along, in modules.dep order. */
+  modules?: string[];
+  /** Configure eth0 from "vse.ip=ADDR/PREFIX" on the kernel command line; no default route, so nothing outside the segment is reachable. */
+  network?: boolean;
+}
+
+/** Module files (relative to /lib/modules/<release>/) to load for names, dependencies first, each once. */
+export function moduleLoadOrder(names: string[], release: string, modulesRoot = "/lib/modules"): string[] {
+  const depFile = path.join(modulesRoot, release, "modules.dep");
+  if (!fs.existsSync(depFile)) throw new Error(`${depFile} not found: install the modules of kernel ${release} (linux-image-amd64)`);
+  const deps = new Map<string, string[]>();
+  for (const line of fs.readFileSync(depFile, "utf8").split("\n")) {
+    const m = /^([^:]+):\s*(.*)$/.exec(line);
+    if (m) deps.set(m[1], m[2].split(/\s+/).filter(Boolean));
+  }
+  const byName = new Map(
+    [...deps.keys()].map((f) => [
+      path
+        .basename(f)
+        .replace(/\.ko(\.[a-z]+)?$/, "")
+        .replace(/-/g, "_"),
+      f,
+    ]),
+  );
+  const order: string[] = [];
+  // modules.dep lists every dependency of a module, nearest first; loading them deepest first satisfies each in turn.
+  const visit = (file: string, seen: Set<string>) => {
+    if (order.includes(file)) return;
+    if (seen.has(file)) throw new Error(`modules.dep has a cycle through ${file}`);
+    seen.add(file);
+    for (const d of deps.get(file) ?? []) visit(d, seen);
+    order.push(file);
+  };
+  for (const name of names) {
+    const file = byName.get(name.replace(/-/g, "_"));
+    if (!file) throw new Error(`kernel ${release} has no module ${name} (is it built in, or misspelt?)`);
+    if (/\.ko\.[a-z]+$/.test(file)) throw new Error(`${file} is compressed; busybox insmod loads plain .ko files only`);
+    visit(file, new Set());
+  }
+  return order;
+}
+
 /** Content address of an environment's image: its definition plus the exact kernel and busybox bytes. */
-export function imageId(env: EnvironmentModel, kernel: KernelInfo = hostKernel()): string {
+export function imageId(env: EnvironmentModel, kernel: KernelInfo = hostKernel(), extras?: ImageExtras): string {
   const identity = {
     builder: BUILDER_VERSION,
     base: env.base,
     job: { command: env.job.command, env: env.job.env, afterJob: env.job.afterJob },
     kernel: fileDigest(kernel.path),
     busybox: fileDigest(BUSYBOX),
+    // Only present when asked for, so existing images keep their ids.
+    ...(extras ? { extras: extrasIdentity(extras, kernel) } : {}),
   };
   return crypto.createHash("sha256").update(JSON.stringify(identity)).digest("hex");
+}
+
+function extrasIdentity(extras: ImageExtras, kernel: KernelInfo) {
+  const modules = moduleLoadOrder(extras.modules ?? [], kernel.release).map((f) => ({
+    file: f,
+    digest: fileDigest(path.join("/lib/modules", kernel.release, f)),
+  }));
+  return { modules, network: !!extras.network };
 }
 
 export function imageRef(cacheDir: string, id: string): ImageRef {
@@ -71,7 +128,20 @@ export function shQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-export function initScript(env: EnvironmentModel, markers: JobMarkers): string {
+/** Init lines for extras: load the modules, then bring up eth0 with the address the kernel command line gives. */
+function extrasInit(extras: ImageExtras, moduleFiles: string[]): string[] {
+  const lines = moduleFiles.map((f) => `/bin/busybox insmod /lib/modules/${path.basename(f)}`);
+  if (extras.network) {
+    lines.push(
+      "vse_ip=$(/bin/busybox sed -n 's/.*vse[.]ip=\\([^ ]*\\).*/\\1/p' /proc/cmdline)",
+      "/bin/busybox ip link set lo up",
+      'if [ -n "$vse_ip" ]; then /bin/busybox ip link set eth0 up && /bin/busybox ip addr add "$vse_ip" dev eth0; fi',
+    );
+  }
+  return lines;
+}
+
+export function initScript(env: EnvironmentModel, markers: JobMarkers, extras?: ImageExtras, moduleFiles: string[] = []): string {
   const exports = Object.entries(env.job.env).map(([k, v]) => `export ${k}=${shQuote(v)}`);
   const after =
     env.job.afterJob === "power-off"
@@ -85,6 +155,7 @@ export function initScript(env: EnvironmentModel, markers: JobMarkers): string {
     "/bin/busybox mount -t devtmpfs dev /dev 2>/dev/null",
     "/bin/busybox --install -s /bin",
     "export PATH=/bin:/sbin HOME=/root",
+    ...(extras ? extrasInit(extras, moduleFiles) : []),
     ...exports,
     `set -- ${env.job.command.map(shQuote).join(" ")}`,
     `echo ${shQuote(markers.begin)}`,
@@ -96,7 +167,7 @@ export function initScript(env: EnvironmentModel, markers: JobMarkers): string {
   ].join("\n");
 }
 
-function initramfs(env: EnvironmentModel, markers: JobMarkers): Buffer {
+function initramfs(env: EnvironmentModel, markers: JobMarkers, extras?: ImageExtras, kernel?: KernelInfo): Buffer {
   const dir = (p: string): CpioEntry => ({ path: p, mode: S_IFDIR | 0o755 });
   const entries: CpioEntry[] = [
     dir("bin"),
@@ -108,15 +179,22 @@ function initramfs(env: EnvironmentModel, markers: JobMarkers): Buffer {
     dir("tmp"),
     dir("root"),
     { path: "bin/busybox", mode: S_IFREG | 0o755, data: fs.readFileSync(BUSYBOX) },
-    { path: "init", mode: S_IFREG | 0o755, data: Buffer.from(initScript(env, markers)) },
   ];
+  const moduleFiles = extras && kernel ? moduleLoadOrder(extras.modules ?? [], kernel.release) : [];
+  if (moduleFiles.length) {
+    entries.push(dir("lib"), dir("lib/modules"));
+    for (const f of moduleFiles) {
+      entries.push({ path: `lib/modules/${path.basename(f)}`, mode: S_IFREG | 0o644, data: fs.readFileSync(path.join("/lib/modules", kernel!.release, f)) });
+    }
+  }
+  entries.push({ path: "init", mode: S_IFREG | 0o755, data: Buffer.from(initScript(env, markers, extras, moduleFiles)) });
   // Fixed gzip settings and no timestamps: the same inputs give the same bytes.
   return zlib.gzipSync(cpioArchive(entries), { level: 6 });
 }
 
 /** Builds the image into the cache unless it is there already; returns where it is. */
-export function buildImage(env: EnvironmentModel, cacheDir: string, kernel: KernelInfo = hostKernel()): ImageRef & { built: boolean } {
-  const id = imageId(env, kernel);
+export function buildImage(env: EnvironmentModel, cacheDir: string, kernel: KernelInfo = hostKernel(), extras?: ImageExtras): ImageRef & { built: boolean } {
+  const id = imageId(env, kernel, extras);
   const ref = imageRef(cacheDir, id);
   const dir = path.dirname(ref.kernel);
   if (fs.existsSync(path.join(dir, "image.json"))) return { ...ref, built: false };
@@ -124,8 +202,9 @@ export function buildImage(env: EnvironmentModel, cacheDir: string, kernel: Kern
   const tmp = fs.mkdtempSync(path.join(path.dirname(dir), `.${id.slice(0, 12)}-`));
   try {
     fs.copyFileSync(kernel.path, path.join(tmp, "vmlinuz"));
-    fs.writeFileSync(path.join(tmp, "initrd.img"), initramfs(env, markersFor(id)));
-    fs.writeFileSync(path.join(tmp, "image.json"), JSON.stringify({ id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release }, null, 2));
+    fs.writeFileSync(path.join(tmp, "initrd.img"), initramfs(env, markersFor(id), extras, kernel));
+    const meta = { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, ...(extras ? { extras } : {}) };
+    fs.writeFileSync(path.join(tmp, "image.json"), JSON.stringify(meta, null, 2));
     try {
       fs.renameSync(tmp, dir);
     } catch (err) {

@@ -1,0 +1,62 @@
+import * as crypto from "crypto";
+
+/** The private network one virtual cluster's VMs share (seed 002: NICs, MAC addresses, network definitions). */
+export interface ClusterNetwork {
+  /** Name of the network where a hypervisor needs one (libvirt, Xen bridge, VirtualBox internal network). */
+  name: string;
+  /**
+   * QEMU's socket backend in multicast mode: every VM of the cluster joins one
+   * group, so the cluster is one Ethernet segment without a host bridge.
+   */
+  mcast: { address: string; port: number };
+}
+
+export interface Nic {
+  /** Index of the NIC within its VM. */
+  index: number;
+  mac: string;
+  /** Guest IPv4 address on the cluster network; the guest configures it itself. */
+  ipv4: string;
+}
+
+function digest(text: string): Buffer {
+  return crypto.createHash("sha256").update(text).digest();
+}
+
+/**
+ * A deterministic MAC: locally administered unicast (second-lowest bit of the
+ * first octet set, lowest clear), three octets from the cluster name, one for
+ * the NIC index and two for the VM index. VM and NIC indices are encoded
+ * directly, so MACs are unique within a cluster; across clusters they differ
+ * unless the 22 hashed bits collide.
+ */
+export function macAddress(cluster: string, vmIndex: number, nicIndex = 0): string {
+  if (!Number.isInteger(vmIndex) || vmIndex < 0 || vmIndex > 0xffff) throw new Error(`VM index ${vmIndex} is outside 0..65535`);
+  if (!Number.isInteger(nicIndex) || nicIndex < 0 || nicIndex > 0xff) throw new Error(`NIC index ${nicIndex} is outside 0..255`);
+  const h = digest(`vse-mac:${cluster}`);
+  const octets = [(h[0] & 0xfc) | 0x02, h[1], h[2], nicIndex, vmIndex >> 8, vmIndex & 0xff];
+  return octets.map((o) => o.toString(16).padStart(2, "0")).join(":");
+}
+
+/** True for a locally administered unicast MAC in canonical lower-case form. */
+export function isLocalUnicastMac(mac: string): boolean {
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) return false;
+  const first = parseInt(mac.slice(0, 2), 16);
+  return (first & 0x02) === 0x02 && (first & 0x01) === 0;
+}
+
+/** The cluster's network: a multicast group in the organisation-local scope (239.255.0.0/16) and a port, both from the name. */
+export function clusterNetwork(cluster: string): ClusterNetwork {
+  const h = digest(`vse-net:${cluster}`);
+  return { name: `vse-${cluster}`, mcast: { address: `239.255.${h[0]}.${h[1] === 0 ? 1 : h[1]}`, port: 20000 + (h.readUInt16BE(2) % 20000) } };
+}
+
+/** Guest addresses: 10.77.0.0/16, host part from the VM index, so VM i is always 10.77.(i+1>>8).(i+1&255). */
+export function guestIpv4(vmIndex: number): string {
+  const n = vmIndex + 1;
+  return `10.77.${n >> 8}.${n & 0xff}`;
+}
+
+export function nicsFor(cluster: string, vmIndex: number): Nic[] {
+  return [{ index: 0, mac: macAddress(cluster, vmIndex, 0), ipv4: guestIpv4(vmIndex) }];
+}

@@ -1,0 +1,127 @@
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { DriverOps } from "../../provider/drivers/driver";
+import { libvirtDriver, listDomains, virsh } from "../../provider/drivers/libvirt";
+import { clusterNetwork, nicsFor } from "../../provider/drivers/network";
+import { buildImage, markersFor } from "../../provider/image/busybox";
+import { environment, lastTick, readText, sleep, vmModel, waitFor, waitJob } from "./helpers";
+
+const NAME = "vse-drv-libvirt";
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vse-libvirt-driver-"));
+let ops: DriverOps | undefined;
+
+async function libvirtdUp(): Promise<string> {
+  const execa = require("execa") as typeof import("execa");
+  const res = await execa("bash", [path.resolve(__dirname, "..", "..", "scripts", "libvirtd-up.sh")], { reject: false, all: true });
+  if (res.exitCode !== 0) throw new Error(`scripts/libvirtd-up.sh failed (exit ${res.exitCode}): ${res.all}`);
+  return res.all ?? "";
+}
+
+const DAEMON_PIDFILES = ["/var/run/libvirtd.pid", "/var/run/virtlogd.pid"];
+/** Daemons that were not running before this test: it stops what it started. */
+let startedHere: string[] = [];
+
+function livePid(pidfile: string): number | undefined {
+  try {
+    const pid = Number(fs.readFileSync(pidfile, "utf8").trim());
+    process.kill(pid, 0);
+    return pid;
+  } catch {
+    return undefined;
+  }
+}
+
+// Starts virtlogd and libvirtd with the settings this machine needs, or finds them running.
+beforeAll(async () => {
+  startedHere = DAEMON_PIDFILES.filter((f) => livePid(f) === undefined);
+  await libvirtdUp();
+});
+
+test("scripts/libvirtd-up.sh is idempotent: a second run keeps qemu.conf and the running daemon", async () => {
+  const conf = fs.readFileSync("/etc/libvirt/qemu.conf", "utf8");
+  const pid = fs.readFileSync("/var/run/libvirtd.pid", "utf8");
+  expect(await libvirtdUp()).toContain("libvirtd answers on qemu:///system");
+  expect(fs.readFileSync("/etc/libvirt/qemu.conf", "utf8")).toBe(conf);
+  expect(fs.readFileSync("/var/run/libvirtd.pid", "utf8")).toBe(pid);
+  expect(conf.match(/^security_driver = "none"$/gm)).toHaveLength(1);
+  expect(conf.match(/^dynamic_ownership = 0$/gm)).toHaveLength(1);
+});
+
+afterAll(async () => {
+  // Whatever happened above, the domain is gone afterwards.
+  if (ops) await ops.destroy(NAME).catch(() => undefined);
+  for (const f of startedHere) {
+    const pid = livePid(f);
+    if (pid === undefined) continue;
+    process.kill(pid, "SIGTERM");
+    for (let i = 0; i < 50 && livePid(f) !== undefined; i++) await sleep(100);
+  }
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test("libvirt driver: the VSE image boots as a domain of type qemu, runs its job, suspends, resumes, stops and is undefined", async () => {
+  const env = environment("drv-libvirt", ["/bin/sh", "-c", "echo $((2+3)); (sleep 1; i=0; while :; do echo tick $i; i=$((i+1)); sleep 1; done) &"]);
+  const img = buildImage(env, path.join(tmp, "cache"));
+  const consoleLog = path.join(tmp, "console.log");
+  const config = libvirtDriver.render({
+    cluster: "drv-lv",
+    vm: vmModel(NAME, "libvirt"),
+    image: img,
+    accel: "tcg",
+    kernelArgs: [],
+    network: clusterNetwork("drv-lv"),
+    consoleLog,
+  });
+  expect(config).toContain("<domain type='qemu'>");
+
+  ops = await libvirtDriver.open({ stateDir: path.join(tmp, "state") });
+  expect(await listDomains()).not.toContain(NAME);
+  await ops.create({ name: NAME, config });
+  expect(await ops.status(NAME)).toMatchObject({ state: "stopped", detail: "shut off" });
+  // libvirt kept what the template said: direct kernel boot, the console file, the cluster NIC with its MAC.
+  const defined = await virsh(["dumpxml", NAME]);
+  expect(defined).toContain(`<kernel>${img.kernel}</kernel>`);
+  expect(defined).toContain(`<source path='${consoleLog}'`);
+  expect(defined).toContain(`<mac address='${nicsFor("drv-lv", 0)[0].mac}'/>`);
+  expect(defined).toMatch(/<interface type='mcast'>/);
+  await ops.start(NAME);
+  expect(await ops.status(NAME)).toMatchObject({ state: "running", memoryMiB: 128, vcpus: 1 });
+
+  const job = await waitJob(consoleLog, markersFor(img.id), 120000);
+  expect(job.exitCode).toBe(0);
+  expect(job.output).toMatch(/^5\n/);
+
+  await waitFor("ticks", () => lastTick(readText(consoleLog)) >= 1, 30000);
+  await ops.pause(NAME);
+  expect(await ops.status(NAME)).toMatchObject({ state: "paused", detail: "paused" });
+  const pausedAt = lastTick(readText(consoleLog));
+  await sleep(2500);
+  expect(lastTick(readText(consoleLog))).toBe(pausedAt);
+  await ops.resume(NAME);
+  expect((await ops.status(NAME)).state).toBe("running");
+  await waitFor("ticks after resume", () => lastTick(readText(consoleLog)) > pausedAt, 30000);
+
+  const t0 = Date.now();
+  // No ACPI daemon in the busybox guest: virsh shutdown is ignored, so the driver destroys it after the grace period.
+  await ops.stop(NAME, 1500);
+  expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+  expect(await ops.status(NAME)).toMatchObject({ state: "stopped", detail: "shut off" });
+
+  await ops.destroy(NAME);
+  expect(await ops.status(NAME)).toMatchObject({ state: "absent" });
+  expect(await listDomains()).not.toContain(NAME);
+});
+
+test("libvirt driver refuses a domain XML that names another VM, before defining anything", async () => {
+  const o = await libvirtDriver.open({ stateDir: path.join(tmp, "state-2") });
+  const xml = libvirtDriver.render({
+    cluster: "drv-lv",
+    vm: vmModel("vse-drv-other", "libvirt"),
+    image: { id: "x", kernel: "/k", initrd: "/i" },
+    accel: "tcg",
+    kernelArgs: [],
+  });
+  await expect(o.create({ name: NAME, config: xml })).rejects.toThrow(`libvirt: domain XML of VM ${NAME} names "vse-drv-other" in <name>`);
+  expect(await listDomains()).not.toContain("vse-drv-other");
+});

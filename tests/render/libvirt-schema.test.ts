@@ -1,0 +1,34 @@
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { onPath } from "../../provider/drivers/driver";
+import { renderVmConfig } from "../../provider/render/render";
+import { renderCases } from "./cases";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vse-virt-xml-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** Validates a domain XML against libvirt's own RNG schema (libvirt-clients + libxml2-utils). */
+async function virtXmlValidate(name: string, xml: string): Promise<{ ok: boolean; output: string }> {
+  if (!onPath("virt-xml-validate") || !onPath("xmllint")) {
+    throw new Error("virt-xml-validate or xmllint not found on PATH: install the Debian packages libvirt-clients and libxml2-utils");
+  }
+  const execa = require("execa") as typeof import("execa");
+  const file = path.join(tmp, `${name}.xml`);
+  fs.writeFileSync(file, xml);
+  const res = await execa("virt-xml-validate", [file, "domain"], { reject: false, all: true });
+  return { ok: res.exitCode === 0, output: res.all ?? "" };
+}
+
+test.each(renderCases("libvirt").map((c) => [c.name, c] as const))("rendered domain XML %s validates against libvirt's schema", async (name, c) => {
+  const res = await virtXmlValidate(name, renderVmConfig(c.input));
+  expect(res.output).toMatch(/validates$/m);
+  expect(res.ok).toBe(true);
+});
+
+test("libvirt's schema rejects a domain the template must not produce", async () => {
+  const xml = renderVmConfig(renderCases("libvirt")[0].input).replace("<memory unit='MiB'>", "<memory unit='pages'>");
+  const res = await virtXmlValidate("broken", xml);
+  expect(res.ok).toBe(false);
+  expect(res.output).toMatch(/fails to validate/);
+});
