@@ -9,7 +9,7 @@ const { compile } = require("json-schema-to-typescript");
 const root = path.resolve(__dirname, "..");
 const schemaDir = path.join(root, "schema");
 const out = path.join(root, "provider", "model", "types.generated.ts");
-const kinds = ["environment", "vmprofile", "virtualcluster"];
+const kinds = ["environment", "vmprofile", "virtualcluster", "sitepolicy"];
 
 async function generate() {
   const parts = ["/* eslint-disable */\n// DO NOT EDIT: generated from schema/*.schema.json by scripts/gen-types.js (npm run gen).\n"];

@@ -1,9 +1,9 @@
 import * as fs from "fs";
 import * as path from "path";
 import Ajv, { ErrorObject, ValidateFunction } from "ajv";
-import { Document, LineCounter, isMap, isPair, isScalar, isSeq, parseAllDocuments, Node } from "yaml";
+import { Document, LineCounter, isMap, isPair, isScalar, isSeq, parseAllDocuments, Node, visit } from "yaml";
 import { DefinitionError, DefinitionProblem } from "./errors";
-import type { Environment, VirtualCluster, VmProfile } from "./types.generated";
+import type { Environment, SitePolicy, VirtualCluster, VmProfile } from "./types.generated";
 
 export const API_VERSION = "vse.dev/v1";
 /** Definitions are small; anything larger is refused before it is parsed. */
@@ -15,6 +15,7 @@ const KINDS = {
   Environment: "environment.schema.json",
   VmProfile: "vmprofile.schema.json",
   VirtualCluster: "virtualcluster.schema.json",
+  SitePolicy: "sitepolicy.schema.json",
 } as const;
 export type Kind = keyof typeof KINDS;
 
@@ -30,6 +31,8 @@ export interface Definitions {
   environments: Map<string, Located<Environment>>;
   profiles: Map<string, Located<VmProfile>>;
   clusters: Map<string, Located<VirtualCluster>>;
+  /** Site policies written by administrators; optional so that hand-built Definitions stay valid. */
+  policies?: Map<string, Located<SitePolicy>>;
 }
 
 const SCHEMA_DIR = path.resolve(__dirname, "..", "..", "..", "schema");
@@ -43,7 +46,8 @@ function schemaDir(): string {
 let validators: Map<Kind, ValidateFunction> | undefined;
 function getValidators(): Map<Kind, ValidateFunction> {
   if (validators) return validators;
-  const ajv = new Ajv({ allErrors: true, strict: false });
+  // verbose: errors carry the offending value, so messages can say what was found.
+  const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
   const dir = schemaDir();
   for (const file of fs
     .readdirSync(dir)
@@ -58,6 +62,11 @@ function getValidators(): Map<Kind, ValidateFunction> {
   return validators;
 }
 
+/** Pulumi.yaml and Pulumi.<stack>.yaml often sit next to definitions (a definitions repository is a Pulumi project); they are not definitions. */
+export function isPulumiProjectFile(name: string): boolean {
+  return /^Pulumi(\.[^.]+)?\.ya?ml$/.test(name);
+}
+
 /** Lists the YAML files named by paths (files, or directories searched recursively), sorted. */
 export function collectFiles(paths: string[]): string[] {
   const out: string[] = [];
@@ -65,7 +74,7 @@ export function collectFiles(paths: string[]): string[] {
     const st = fs.statSync(p);
     if (st.isDirectory()) {
       for (const e of fs.readdirSync(p).sort()) {
-        if (e.startsWith(".") || e === "node_modules") continue;
+        if (e.startsWith(".") || e === "node_modules" || isPulumiProjectFile(e)) continue;
         const child = path.join(p, e);
         if (fs.statSync(child).isDirectory() || /\.ya?ml$/.test(e)) walk(child);
       }
@@ -82,7 +91,7 @@ export function collectFiles(paths: string[]): string[] {
 
 /** Loads and validates every definition in paths; throws DefinitionError listing all problems. */
 export function loadDefinitions(paths: string[]): Definitions {
-  const defs: Definitions = { environments: new Map(), profiles: new Map(), clusters: new Map() };
+  const defs: Definitions = { environments: new Map(), profiles: new Map(), clusters: new Map(), policies: new Map() };
   const problems: DefinitionProblem[] = [];
   for (const file of collectFiles(paths)) {
     const size = fs.statSync(file).size;
@@ -96,8 +105,86 @@ export function loadDefinitions(paths: string[]): Definitions {
   return defs;
 }
 
+/** Deeper nesting than any definition needs; the yaml parser's recursion is refused well before it overflows. */
+export const MAX_NESTING = 64;
+
+/**
+ * Finds nesting deeper than MAX_NESTING (flow brackets, compact "- - -" sequences,
+ * deep indentation) without parsing, since deep input makes the parser recurse
+ * until the stack or the heap gives out. Quoted text and comments are skipped.
+ */
+export function findExcessiveNesting(text: string): { line: number; column: number; message: string } | undefined {
+  let depth = 0;
+  let line = 1;
+  let lineStart = 0;
+  let dashes = 0;
+  let indent = true;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    const column = i - lineStart + 1;
+    if (c === "\n") {
+      line++;
+      lineStart = i + 1;
+      dashes = 0;
+      indent = true;
+      continue;
+    }
+    if (indent && c === " ") {
+      if (column > MAX_NESTING * 8)
+        return { line, column, message: `indentation deeper than ${MAX_NESTING * 8} columns; definitions are never nested this deep` };
+      continue;
+    }
+    if (c === "-" && (text[i + 1] === " " || text[i + 1] === "\n") && (indent || text[i - 1] === " ")) {
+      if (++dashes > MAX_NESTING)
+        return { line, column, message: `more than ${MAX_NESTING} nested sequences on one line; definitions are never nested this deep` };
+      continue;
+    }
+    indent = false;
+    if (c === "#" && (i === 0 || /\s/.test(text[i - 1]))) {
+      const end = text.indexOf("\n", i);
+      i = (end < 0 ? text.length : end) - 1;
+    } else if ((c === '"' || c === "'") && (i === 0 || /[\s,[{:]/.test(text[i - 1]))) {
+      // A quoted scalar ends at its unescaped closing quote ('' escapes ' in single quotes).
+      let j = i + 1;
+      for (; j < text.length; j++) {
+        if (c === '"' && text[j] === "\\") j++;
+        else if (text[j] === c && !(c === "'" && text[j + 1] === "'")) break;
+        else if (c === "'" && text[j] === "'") j++;
+      }
+      for (let k = i + 1; k < j && k < text.length; k++) {
+        if (text[k] === "\n") {
+          line++;
+          lineStart = k + 1;
+        }
+      }
+      i = j;
+    } else if (c === "[" || c === "{") {
+      if (++depth > MAX_NESTING)
+        return { line, column, message: `more than ${MAX_NESTING} nested [ ] or { } collections; definitions are never nested this deep` };
+    } else if ((c === "]" || c === "}") && depth > 0) {
+      depth--;
+    }
+  }
+  return undefined;
+}
+
 /** Parses one file's text into defs; problems are appended, never thrown. */
 export function loadText(text: string, file: string, defs: Definitions, problems: DefinitionProblem[]): void {
+  if (text.length > MAX_FILE_BYTES) {
+    problems.push({
+      file,
+      line: 1,
+      column: 1,
+      field: "",
+      message: `document is ${text.length} characters; definitions are limited to ${MAX_FILE_BYTES} bytes`,
+    });
+    return;
+  }
+  const deep = findExcessiveNesting(text);
+  if (deep) {
+    problems.push({ file, line: deep.line, column: deep.column, field: "", message: `cannot parse YAML: ${deep.message}` });
+    return;
+  }
   const lineCounter = new LineCounter();
   let docs: Document.Parsed[];
   try {
@@ -123,52 +210,110 @@ export function loadText(text: string, file: string, defs: Definitions, problems
     try {
       value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
     } catch (err) {
-      problems.push({ file, ...at([]), field: "", message: `cannot read document: ${(err as Error).message}` });
-      continue;
-    }
-    if (value === null || value === undefined) continue; // empty document, e.g. a trailing '---'
-    if (typeof value !== "object" || Array.isArray(value)) {
-      problems.push({ file, ...at([]), field: "", message: "expected a mapping with apiVersion, kind, metadata and spec" });
-      continue;
-    }
-    const obj = value as Record<string, unknown>;
-    if (obj.apiVersion !== API_VERSION) {
-      problems.push({ file, ...at(["apiVersion"]), field: "apiVersion", message: `expected "${API_VERSION}", found ${JSON.stringify(obj.apiVersion)}` });
-      continue;
-    }
-    const kind = obj.kind;
-    if (typeof kind !== "string" || !(kind in KINDS)) {
-      problems.push({
-        file,
-        ...at(["kind"]),
-        field: "kind",
-        message: `expected one of ${Object.keys(KINDS).join(", ")}, found ${JSON.stringify(kind)}`,
-      });
-      continue;
-    }
-    const validate = getValidators().get(kind as Kind)!;
-    if (!validate(obj)) {
-      for (const p of describeAjvErrors(validate.errors ?? [])) {
-        problems.push({ file, ...at(p.path), field: p.path.join("."), message: p.message });
+      const text = (err as Error).message;
+      if (/alias count/i.test(text)) {
+        problems.push({
+          file,
+          ...at([]),
+          field: "",
+          message: `cannot read document: its aliases expand to more than ${MAX_ALIAS_COUNT} copies; refused as a possible "billion laughs" attack`,
+        });
+      } else {
+        const alias = unresolvedAlias(doc);
+        problems.push({
+          file,
+          ...(alias ? pos(alias.offset) : at([])),
+          field: "",
+          message: alias ? `unknown alias *${alias.name}: no anchor &${alias.name} is defined before it` : `cannot read document: ${text}`,
+        });
       }
       continue;
     }
-    const located: Located<unknown> = { doc: obj, file, at };
-    const name = (obj.metadata as { name: string }).name;
-    const table = (kind === "Environment" ? defs.environments : kind === "VmProfile" ? defs.profiles : defs.clusters) as Map<string, Located<unknown>>;
-    const prior = table.get(name);
-    if (prior) {
-      const p = prior.at(["metadata", "name"]);
-      problems.push({
-        file,
-        ...at(["metadata", "name"]),
-        field: "metadata.name",
-        message: `duplicate ${kind} name "${name}" (first defined at ${prior.file}:${p.line}:${p.column})`,
-      });
-      continue;
-    }
-    table.set(name, located);
+    if (value === null || value === undefined) continue; // empty document, e.g. a trailing '---'
+    addDocument(value, file, at, defs, problems);
   }
+}
+
+/**
+ * Validates an already-parsed definition (e.g. built in a TypeScript program)
+ * exactly as a YAML document is validated; source names it in problems.
+ */
+export function loadObject(value: unknown, source: string, defs: Definitions, problems: DefinitionProblem[]): void {
+  addDocument(structuredClone(value), source, () => ({ line: 1, column: 1 }), defs, problems);
+}
+
+function found(value: unknown): string {
+  return value === undefined ? "nothing" : JSON.stringify(value);
+}
+
+/** Checks one document (version, kind, schema, unique name) and adds it to defs. */
+function addDocument(
+  value: unknown,
+  file: string,
+  at: (fieldPath: (string | number)[]) => { line: number; column: number },
+  defs: Definitions,
+  problems: DefinitionProblem[],
+): void {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    problems.push({ file, ...at([]), field: "", message: "expected a mapping with apiVersion, kind, metadata and spec" });
+    return;
+  }
+  const obj = value as Record<string, unknown>;
+  if (obj.apiVersion !== API_VERSION) {
+    problems.push({ file, ...at(["apiVersion"]), field: "apiVersion", message: `expected "${API_VERSION}", found ${found(obj.apiVersion)}` });
+    return;
+  }
+  const kind = obj.kind;
+  if (typeof kind !== "string" || !(kind in KINDS)) {
+    problems.push({
+      file,
+      ...at(["kind"]),
+      field: "kind",
+      message: `expected one of ${Object.keys(KINDS).join(", ")}, found ${found(kind)}`,
+    });
+    return;
+  }
+  const validate = getValidators().get(kind as Kind)!;
+  if (!validate(obj)) {
+    for (const p of describeAjvErrors(validate.errors ?? [])) {
+      problems.push({ file, ...at(p.path), field: p.path.join("."), message: p.message });
+    }
+    return;
+  }
+  const located: Located<unknown> = { doc: obj, file, at };
+  const name = (obj.metadata as { name: string }).name;
+  const tables: Record<Kind, Map<string, Located<unknown>>> = {
+    Environment: defs.environments as Map<string, Located<unknown>>,
+    VmProfile: defs.profiles as Map<string, Located<unknown>>,
+    VirtualCluster: defs.clusters as Map<string, Located<unknown>>,
+    SitePolicy: (defs.policies ??= new Map()) as Map<string, Located<unknown>>,
+  };
+  const table = tables[kind as Kind];
+  const prior = table.get(name);
+  if (prior) {
+    const p = prior.at(["metadata", "name"]);
+    problems.push({
+      file,
+      ...at(["metadata", "name"]),
+      field: "metadata.name",
+      message: `duplicate ${kind} name "${name}" (first defined at ${prior.file}:${p.line}:${p.column})`,
+    });
+    return;
+  }
+  table.set(name, located);
+}
+
+/** The first alias whose anchor is not defined before it, if any. */
+function unresolvedAlias(doc: Document): { name: string; offset: number } | undefined {
+  let found: { name: string; offset: number } | undefined;
+  visit(doc, {
+    Alias(_, node) {
+      if (node.resolve(doc) !== undefined) return undefined;
+      found = { name: node.source, offset: node.range?.[0] ?? 0 };
+      return visit.BREAK;
+    },
+  });
+  return found;
 }
 
 /** Offset of the deepest existing node on fieldPath (a missing field points at its parent). */
@@ -209,17 +354,21 @@ function pointerToPath(pointer: string): (string | number)[] {
 export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
   // A failed oneOf (memory sizes) also reports each branch; keep only the oneOf.
   const oneOfPaths = new Set(errors.filter((e) => e.keyword === "oneOf").map((e) => e.instancePath));
+  // A bad key (propertyNames) is reported once, at the key, by the propertyNames error.
+  const namePaths = new Set(errors.filter((e) => e.keyword === "propertyNames").map((e) => e.instancePath));
   const out: PathMessage[] = [];
   const seen = new Set<string>();
   for (const e of errors) {
     if (e.keyword !== "oneOf" && oneOfPaths.has(e.instancePath)) continue;
+    if (e.keyword !== "propertyNames" && namePaths.has(e.instancePath) && e.schemaPath.includes("/propertyNames/")) continue;
     let p = pointerToPath(e.instancePath);
     let message: string;
     const found = JSON.stringify(e.data);
     switch (e.keyword) {
       case "required":
         p = [...p, (e.params as { missingProperty: string }).missingProperty];
-        message = `is required but missing`;
+        // The location is the parent's (the field is absent), so the message names the field.
+        message = `required field "${p[p.length - 1]}" is missing`;
         break;
       case "additionalProperties": {
         const extra = (e.params as { additionalProperty: string }).additionalProperty;
@@ -239,7 +388,14 @@ export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
         break;
       case "pattern": {
         const desc = (e.parentSchema as { description?: string }).description;
-        message = `expected ${desc ? lowerFirst(desc.split(":")[0].split(".")[0]) : `a value matching ${(e.params as { pattern: string }).pattern}`}, found ${found}`;
+        message = `expected ${desc ? describeFormat(desc) : `a value matching ${(e.params as { pattern: string }).pattern}`}, found ${found}`;
+        break;
+      }
+      case "propertyNames": {
+        const name = (e.params as { propertyName: string }).propertyName;
+        p = [...p, name];
+        const desc = ((e.parentSchema as { propertyNames?: { description?: string } }).propertyNames ?? {}).description;
+        message = `invalid name ${JSON.stringify(name)}; expected ${desc ? lowerFirst(desc) : "a valid name"}`;
         break;
       }
       case "oneOf":
@@ -266,6 +422,13 @@ export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
     out.push({ path: p, message });
   }
   return out;
+}
+
+/** "A thing: its rules. More text." → "a thing (its rules)": the first sentence, as an expectation. */
+function describeFormat(desc: string): string {
+  const sentence = desc.split(/\.(\s|$)/)[0];
+  const i = sentence.indexOf(": ");
+  return lowerFirst(i < 0 ? sentence : `${sentence.slice(0, i)} (${sentence.slice(i + 2)})`);
 }
 
 function lowerFirst(s: string): string {

@@ -1,5 +1,6 @@
 import { DefinitionError, DefinitionProblem } from "./errors";
 import { Definitions, Located } from "./load";
+import { applyPolicyDefaults, checkPolicy, checkPolicyConsistency, PolicyOptions, selectPolicy } from "./policy";
 import { MAX_MEMORY_MIB, MIN_MEMORY_MIB, parseMemoryMiB } from "./units";
 import type { VirtualCluster } from "./types.generated";
 
@@ -19,7 +20,7 @@ export interface EnvironmentModel {
 /** A profile with units normalised and defaults filled in. */
 export interface ProfileModel {
   name: string;
-  hypervisor: "qemu";
+  hypervisor: NonNullable<import("./types.generated").VmProfile["spec"]["hypervisor"]>;
   memoryMiB: number;
   vcpus: number;
   machine: "microvm" | "q35" | "pc";
@@ -145,9 +146,16 @@ function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: D
   return { name, environment: environmentModel(envDef), profile, allocation: { manager: "local", hosts }, vms };
 }
 
-/** Resolves references and defaults; throws DefinitionError with every problem found. */
-export function resolveClusters(defs: Definitions): ClusterModel[] {
+/**
+ * Resolves references and defaults, merging the site policy (its defaults first,
+ * then its limits); throws DefinitionError with every problem found.
+ */
+export function resolveClusters(input: Definitions, options: PolicyOptions = {}): ClusterModel[] {
   const problems: DefinitionProblem[] = [];
+  const policy = selectPolicy(input, problems);
+  const policyProblems = policy ? checkPolicyConsistency(policy) : [];
+  problems.push(...policyProblems);
+  const defs = policy ? applyPolicyDefaults(input, policy) : input;
   const clusters: ClusterModel[] = [];
   for (const l of defs.clusters.values()) {
     const c = clusterModel(l, defs, problems);
@@ -170,6 +178,8 @@ export function resolveClusters(defs: Definitions): ClusterModel[] {
       vmNames.set(vm.name, c.name);
     }
   }
+  // Clusters that resolved are checked even when others did not; a self-contradictory policy is fixed first.
+  if (policy && !policyProblems.length) problems.push(...checkPolicy(defs, policy, clusters, options));
   if (problems.length) throw new DefinitionError(problems);
   return clusters;
 }

@@ -23,6 +23,8 @@ export interface Environment {
      * Extra kernel command-line parameters, appended after the provider's own (console, panic).
      *
      * @maxItems 32
+     *
+     * Items: A kernel parameter: 1 to 128 letters, digits or _.,:/=+- characters.
      */
     kernelArgs?: string[];
     /**
@@ -82,9 +84,9 @@ export interface VmProfile {
   metadata: Metadata;
   spec: {
     /**
-     * The hypervisor that runs the VM; its config is rendered from templates/<hypervisor>/.
+     * The hypervisor that runs the VM; its config is rendered from templates/<hypervisor>/. Switching hypervisor is a change of this field only.
      */
-    hypervisor?: "qemu";
+    hypervisor?: "qemu" | "libvirt" | "xen" | "virtualbox" | "palacios";
     /**
      * Guest memory (unit: MiB when a bare number; bounds 16 MiB to 1 TiB).
      */
@@ -162,5 +164,132 @@ export interface VirtualCluster {
        */
       vcpus?: number;
     }[];
+  };
+}
+
+/**
+ * Rules written by the site's administrators and merged with users' definitions (seed 004): defaults fill fields users left unset, then limits and allow-lists are checked against the effective definition. At most one SitePolicy applies to a set of definitions.
+ */
+export interface SitePolicy {
+  /**
+   * Schema version of this document.
+   */
+  apiVersion: "vse.dev/v1";
+  /**
+   * Document kind.
+   */
+  kind: "SitePolicy";
+  metadata: Metadata;
+  spec: {
+    /**
+     * Values used where a user's definition leaves a field unset, before the schema's own defaults. Unset here means the schema default applies.
+     */
+    defaults?: {
+      /**
+       * Defaults for VmProfile spec fields.
+       */
+      profile?: {
+        /**
+         * Default hypervisor (as VmProfile spec.hypervisor).
+         */
+        hypervisor?: "qemu" | "libvirt" | "xen" | "virtualbox" | "palacios";
+        /**
+         * Default guest memory (unit: MiB when a bare number).
+         */
+        memory?: number | string;
+        /**
+         * Default number of virtual CPUs.
+         */
+        vcpus?: number;
+        /**
+         * Default machine type (as VmProfile spec.machine).
+         */
+        machine?: "microvm" | "q35" | "pc";
+        /**
+         * Default accelerator (as VmProfile spec.accel).
+         */
+        accel?: "auto" | "tcg" | "kvm";
+      };
+      /**
+       * Defaults for Environment spec fields.
+       */
+      environment?: {
+        /**
+         * Default extra kernel parameters, used when an Environment sets none.
+         *
+         * @maxItems 32
+         *
+         * Items: A kernel parameter: 1 to 128 letters, digits or _.,:/=+- characters.
+         */
+        kernelArgs?: string[];
+        /**
+         * Default job timeout (unit: seconds).
+         */
+        timeoutSeconds?: number;
+        /**
+         * Default for what the guest does when the job ends.
+         */
+        afterJob?: "stay-up" | "power-off";
+      };
+      /**
+       * Defaults for VirtualCluster spec fields.
+       */
+      cluster?: {
+        /**
+         * Default number of VMs per cluster.
+         */
+        nodes?: number;
+        /**
+         * Default number of hosts (node agents) per cluster.
+         */
+        hosts?: number;
+      };
+    };
+    /**
+     * Upper bounds checked against the effective definition (after defaults and per-VM overrides). Unset means no limit beyond the schema's bounds.
+     */
+    limits?: {
+      /**
+       * Largest guest memory of any one VM (unit: MiB when a bare number).
+       */
+      maxMemory?: number | string;
+      /**
+       * Most virtual CPUs of any one VM.
+       */
+      maxVcpus?: number;
+      /**
+       * Most VMs in one VirtualCluster (unit: VMs).
+       */
+      maxNodesPerCluster?: number;
+    };
+    /**
+     * Hypervisors VMs may use (VmProfile spec.hypervisor). Unset means any the schema accepts.
+     *
+     * @minItems 1
+     * @maxItems 64
+     *
+     * Items: A hypervisor name: lowercase letters, digits and '-', starting with a letter.
+     */
+    allowedHypervisors?: [string, ...string[]];
+    /**
+     * Glob patterns ('*' any run of characters, '?' one character) for the package sources images may be built from (Environment spec.base). Unset means any.
+     *
+     * @minItems 1
+     * @maxItems 64
+     */
+    allowedBases?: [string, ...string[]];
+    /**
+     * Glob patterns for the kernel releases guests may boot (e.g. "6.1.*-amd64"); checked where the kernel is known (render and plan). Unset means any.
+     *
+     * @minItems 1
+     * @maxItems 64
+     */
+    allowedKernels?: [string, ...string[]];
+    /**
+     * Glob patterns of kernel parameters users may not pass (Environment spec.kernelArgs), e.g. "init=*" or "nokaslr".
+     *
+     * @maxItems 64
+     */
+    forbiddenKernelArgs?: string[];
   };
 }

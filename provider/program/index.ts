@@ -9,7 +9,7 @@ import { Environment } from "../resources/environment";
 import { VmProfile } from "../resources/vm-profile";
 import { VirtualCluster } from "../resources/virtual-cluster";
 import { VirtualMachine } from "../resources/virtual-machine";
-import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, planClusters } from "./plan";
+import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, planClusters, vmInputs } from "./plan";
 import { DefinitionError } from "../model/errors";
 
 /** The directory of Pulumi.yaml: definitions and config paths are relative to it. */
@@ -61,23 +61,10 @@ async function main(): Promise<Record<string, unknown>> {
     for (const p of plan.vms) {
       const vm = new VirtualMachine(
         p.vm.name,
-        {
-          cluster: m.name,
-          vmName: p.vm.name,
-          host: p.vm.host,
+        vmInputs(m, p, {
           agentUrl: cluster.agents.apply((agents) => agents[p.vm.host].url),
           token: cluster.token,
-          hypervisor: p.vm.profile.hypervisor,
-          imageId: p.imageId,
-          memoryMiB: p.vm.profile.memoryMiB,
-          vcpus: p.vm.profile.vcpus,
-          machine: p.vm.profile.machine,
-          accel: p.accel,
-          kernelArgs: m.environment.kernelArgs.join(" "),
-          config: p.config,
-          markers: p.markers,
-          jobTimeoutSeconds: m.environment.job.timeoutSeconds,
-        },
+        }),
         { parent: cluster, dependsOn: [env, profile] },
       );
       vmsOut[p.vm.name] = pulumi.all([vm.status, vm.jobOutput, vm.jobExitCode, vm.jobSeconds, vm.pid]).apply(([status, output, exitCode, seconds, pid]) => ({

@@ -2,9 +2,11 @@ import * as os from "os";
 import * as path from "path";
 import { buildImage, hostKernel, imageId, imageRef, markersFor } from "../image/busybox";
 import { probeKvm } from "../drivers/qemu";
-import { loadDefinitions } from "../model/load";
+import { DefinitionError, DefinitionProblem } from "../model/errors";
+import { API_VERSION, Definitions, loadDefinitions, loadObject } from "../model/load";
 import { ClusterModel, EnvironmentModel, ProfileModel, resolveClusters, VmModel } from "../model/resolve";
 import { renderVmConfig } from "../render/render";
+import type { VmInputKey } from "../model/lifecycle";
 
 export const DEFAULT_CACHE_DIR = path.join(os.homedir(), ".cache", "vse-provider");
 export const DEFAULT_STATE_DIR = path.join(os.homedir(), ".local", "state", "vse-provider");
@@ -38,9 +40,34 @@ export async function resolveAccel(accel: ProfileModel["accel"], cacheDir: strin
   return result.kvm ? "kvm" : "tcg";
 }
 
+export interface PlanOptions {
+  /** Resolves accel 'auto' without the probe boot (offline tools, CI without KVM); the default probes, as the program does. */
+  resolveAccel?: (accel: ProfileModel["accel"], cacheDir: string) => Promise<"tcg" | "kvm">;
+  /** Renders every profile as if it named this hypervisor (`vse render --hypervisor`); validated like the field itself. */
+  hypervisor?: string;
+}
+
+/** The definitions with every VmProfile's spec.hypervisor set to hypervisor; throws DefinitionError when the schema refuses it. */
+export function overrideHypervisor(defs: Definitions, hypervisor: string): Definitions {
+  const problems: DefinitionProblem[] = [];
+  loadObject(
+    { apiVersion: API_VERSION, kind: "VmProfile", metadata: { name: "override" }, spec: { hypervisor } },
+    "--hypervisor",
+    { environments: new Map(), profiles: new Map(), clusters: new Map() },
+    problems,
+  );
+  if (problems.length) throw new DefinitionError(problems);
+  const profiles = new Map([...defs.profiles].map(([name, l]) => [name, { ...l, doc: { ...l.doc, spec: { ...l.doc.spec, hypervisor } } } as typeof l]));
+  return { ...defs, profiles };
+}
+
 /** Loads definitions and computes every VM's rendered config: the part of the plan a reviewer reads. */
-export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT_CACHE_DIR): Promise<ClusterPlan[]> {
-  const clusters = resolveClusters(loadDefinitions(definitionPaths));
+export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT_CACHE_DIR, options: PlanOptions = {}): Promise<ClusterPlan[]> {
+  const accelOf = options.resolveAccel ?? resolveAccel;
+  const loaded = loadDefinitions(definitionPaths);
+  const defs = options.hypervisor === undefined ? loaded : overrideHypervisor(loaded, options.hypervisor);
+  // The kernel is only looked up first when a site policy restricts it.
+  const clusters = resolveClusters(defs, { kernelRelease: () => hostKernel().release });
   const kernel = hostKernel();
   const accels = new Map<string, "tcg" | "kvm">();
   const plans: ClusterPlan[] = [];
@@ -49,7 +76,7 @@ export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT
     const image = imageRef(cacheDir, id);
     const vms: VmPlan[] = [];
     for (const vm of model.vms) {
-      if (!accels.has(vm.profile.accel)) accels.set(vm.profile.accel, await resolveAccel(vm.profile.accel, cacheDir));
+      if (!accels.has(vm.profile.accel)) accels.set(vm.profile.accel, await accelOf(vm.profile.accel, cacheDir));
       const accel = accels.get(vm.profile.accel)!;
       const config = renderVmConfig({ cluster: model.name, vm, image, accel, kernelArgs: model.environment.kernelArgs });
       vms.push({ vm, accel, config, imageId: id, markers: markersFor(id) });
@@ -57,4 +84,40 @@ export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT
     plans.push({ model, imageId: id, vms });
   }
   return plans;
+}
+
+/**
+ * The inputs of the VirtualMachine resource the program (provider/program/index.ts)
+ * declares for p, and `vse plan` compares. The agent URL and token come from the cluster
+ * resource once it exists, so the caller supplies them: Outputs in the
+ * program, stand-ins offline (see offlineAgentInputs).
+ */
+export function vmInputs<T>(model: ClusterModel, p: VmPlan, agent: { agentUrl: T; token: T }) {
+  return {
+    cluster: model.name,
+    vmName: p.vm.name,
+    host: p.vm.host,
+    agentUrl: agent.agentUrl,
+    token: agent.token,
+    hypervisor: p.vm.profile.hypervisor,
+    imageId: p.imageId,
+    memoryMiB: p.vm.profile.memoryMiB,
+    vcpus: p.vm.profile.vcpus,
+    machine: p.vm.profile.machine,
+    accel: p.accel,
+    kernelArgs: model.environment.kernelArgs.join(" "),
+    config: p.config,
+    markers: p.markers,
+    jobTimeoutSeconds: model.environment.job.timeoutSeconds,
+  } satisfies Record<VmInputKey, unknown>;
+}
+
+/**
+ * Offline stand-ins for a VM's agent URL and token. A change of the cluster's
+ * manager or host count replaces the VirtualCluster (new agents, new token),
+ * so the stand-ins change exactly when the real values would.
+ */
+export function offlineAgentInputs(model: ClusterModel, p: VmPlan): { agentUrl: string; token: string } {
+  const cluster = `${model.name} (${model.allocation.manager}, ${model.allocation.hosts} hosts)`;
+  return { agentUrl: `agent of host ${p.vm.host} of cluster ${cluster}`, token: `token of cluster ${cluster}` };
 }
