@@ -176,6 +176,7 @@ export class VirtualCluster extends pulumi.ComponentResource {
             kernelArgs: m.environment.kernelArgs.join(" "),
             config: accel.apply((a) => renderVmConfig({ cluster: name, vm, image, accel: a, kernelArgs: m.environment.kernelArgs })),
             markers: markersFor(env.imageId),
+            afterJob: m.environment.job.afterJob,
             jobTimeoutSeconds: m.environment.job.timeoutSeconds,
           },
           { parent: this.resource, dependsOn: [env.resource, args.profile.resource] },

@@ -16,6 +16,10 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || need_debs+=(linux-image-amd64)
 # busybox-static: the guest's init needs a static busybox; the dynamic one won't run in an initramfs.
 if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then need_debs+=(busybox-static); fi
 command -v go >/dev/null || need_debs+=(golang-go)
+# libvirt: the libvirt driver and its tests (libvirtd itself is started by scripts/libvirtd-up.sh when needed).
+command -v libvirtd >/dev/null || need_debs+=(libvirt-daemon-system)
+command -v virsh >/dev/null || need_debs+=(libvirt-clients)
+command -v xmllint >/dev/null || need_debs+=(libxml2-utils)
 if [ "${#need_debs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing Debian packages: ${need_debs[*]}; run: sudo apt-get install -y ${need_debs[*]}"

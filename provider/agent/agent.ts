@@ -1,6 +1,7 @@
 import * as fs from "fs";
 import * as path from "path";
 import type { ChildProcess } from "child_process";
+import type { DriverOps } from "../drivers/driver";
 import { isQemuFor, startQemu, stopQemu, vmPaths, configVmName, parseQemuConfig } from "../drivers/qemu";
 import { JobResult, VmObserved, VmSpec, VmView } from "./protocol";
 import { readJson, writeFileAtomic } from "./state";
@@ -19,6 +20,31 @@ interface PersistedState {
 }
 
 const CONSOLE_READ_LIMIT = 8 * 1024 * 1024;
+/** Where libvirtd writes the pid of a domain's QEMU. */
+const LIBVIRT_PID_DIR = "/var/run/libvirt/qemu";
+
+/** The serial console file a libvirt domain's XML names (templates/libvirt/domain.xml.hbs). */
+export function libvirtConsolePath(xml: string): string | undefined {
+  return /<serial type='file'>\s*<source path='([^']+)'/.exec(xml)?.[1];
+}
+
+/** Checks a config before anything is touched; returns the problem, naming the field. */
+function checkConfig(name: string, spec: VmSpec): string | undefined {
+  if (spec.hypervisor === "libvirt") {
+    const named = /<name>([^<]*)<\/name>/.exec(spec.config)?.[1];
+    if (named !== name) return `config: the domain's <name> must be the VM name "${name}", found ${JSON.stringify(named ?? null)}`;
+    const console = libvirtConsolePath(spec.config);
+    if (!console || !path.isAbsolute(console)) return "config: expected a <serial type='file'> with an absolute <source path='…'> (the job's console)";
+    return undefined;
+  }
+  try {
+    parseQemuConfig(spec.config);
+  } catch (err) {
+    return (err as Error).message.startsWith("config") ? (err as Error).message : `config: ${(err as Error).message}`;
+  }
+  if (configVmName(spec.config) !== name) return `config: -name must be the VM name "${name}", found "${configVmName(spec.config)}"`;
+  return undefined;
+}
 
 /** Parses the job's result out of the serial console text. */
 export function parseJob(consoleText: string, markers: { begin: string; end: string }): JobResult {
@@ -43,6 +69,7 @@ export class Agent {
   private queues = new Map<string, Promise<unknown>>();
   private watcher?: NodeJS.Timeout;
   private readonly stateFile: string;
+  private libvirtOps?: Promise<DriverOps>;
 
   constructor(
     readonly stateDir: string,
@@ -57,7 +84,7 @@ export class Agent {
     const saved = readJson<PersistedState>(this.stateFile);
     for (const v of saved?.vms ?? []) {
       const e: Entry = { ...v };
-      const alive = e.observed.pid !== undefined && isQemuFor(e.observed.pid, configVmName(e.spec.config));
+      const alive = e.observed.pid !== undefined && isQemuFor(e.observed.pid, e.name);
       if (alive) {
         e.observed = { ...e.observed, state: "running", message: "re-adopted after an agent restart" };
         this.log(`re-adopted VM ${e.name} (pid ${e.observed.pid})`);
@@ -105,14 +132,17 @@ export class Agent {
   private pollAdopted(): void {
     for (const e of this.vms.values()) {
       if (e.child || e.stopping || e.observed.state !== "running" || e.observed.pid === undefined) continue;
-      if (!isQemuFor(e.observed.pid, configVmName(e.spec.config))) this.onExit(e, null, null);
+      if (!isQemuFor(e.observed.pid, e.name)) this.onExit(e, null, null);
     }
   }
 
   private onExit(e: Entry, code: number | null, signal: string | null): void {
     const expected = !!e.stopping;
     const job = this.job(e);
-    const clean = code === 0 && job.state === "done";
+    // A process that was not our child (adopted, or libvirt's) ends with no status we can read:
+    // then the job's result and its declared power-off tell a clean end from a crash.
+    const unknownStatus = code === null && signal === null;
+    const clean = job.state === "done" && (code === 0 || (unknownStatus && e.spec.afterJob === "power-off"));
     e.child = undefined;
     e.observed = {
       ...e.observed,
@@ -130,10 +160,40 @@ export class Agent {
   }
 
   private isRunning(e: Entry): boolean {
-    return e.observed.pid !== undefined && isQemuFor(e.observed.pid, configVmName(e.spec.config));
+    return e.observed.pid !== undefined && isQemuFor(e.observed.pid, e.name);
+  }
+
+  /** libvirt through its driver, opened once; opening probes and names what is missing. */
+  private libvirt(): Promise<DriverOps> {
+    if (!this.libvirtOps) {
+      const { libvirtDriver } = require("../drivers/libvirt") as typeof import("../drivers/libvirt");
+      this.libvirtOps = libvirtDriver.open({ stateDir: path.join(this.stateDir, "libvirt") });
+      this.libvirtOps.catch(() => (this.libvirtOps = undefined));
+    }
+    return this.libvirtOps;
+  }
+
+  /** Defines and starts a libvirt domain; libvirtd supervises its QEMU, the agent polls that process. */
+  private async startLibvirt(e: Entry): Promise<void> {
+    const ops = await this.libvirt();
+    const consoleFile = libvirtConsolePath(e.spec.config)!;
+    fs.mkdirSync(path.dirname(consoleFile), { recursive: true });
+    e.stopping = false;
+    e.observed = { state: "starting", startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit };
+    this.persist();
+    await ops.destroy(e.name); // a stale definition of this name from an earlier run
+    await ops.create({ name: e.name, config: e.spec.config });
+    await ops.start(e.name);
+    const pidFile = path.join(LIBVIRT_PID_DIR, `${e.name}.pid`);
+    const pid = Number(fs.existsSync(pidFile) ? fs.readFileSync(pidFile, "utf8").trim() : NaN);
+    if (!(pid > 0) || !isQemuFor(pid, e.name)) throw new Error(`VM ${e.name}: libvirt started the domain but its QEMU process was not found (${pidFile})`);
+    e.observed = { ...e.observed, state: "running", pid, message: undefined };
+    this.persist();
+    this.log(`VM ${e.name} started by libvirt (pid ${pid})`);
   }
 
   private async start(e: Entry): Promise<void> {
+    if (e.spec.hypervisor === "libvirt") return this.startLibvirt(e);
     const paths = vmPaths(this.vmDir(e.name));
     // QEMU also locks its pidfile, so even a racing second start cannot run two copies.
     const child = startQemu(e.spec.config, paths);
@@ -165,7 +225,8 @@ export class Agent {
     const pid = e.observed.pid;
     if (pid === undefined) return;
     e.stopping = true;
-    await stopQemu(pid, configVmName(e.spec.config), vmPaths(this.vmDir(e.name)), e.spec.stopGraceSeconds * 1000);
+    if (e.spec.hypervisor === "libvirt") await (await this.libvirt()).stop(e.name, e.spec.stopGraceSeconds * 1000);
+    else await stopQemu(pid, e.name, vmPaths(this.vmDir(e.name)), e.spec.stopGraceSeconds * 1000);
     if (e.child) {
       // Let the 'exit' handler record how it ended.
       const child = e.child;
@@ -177,10 +238,15 @@ export class Agent {
 
   /** Makes the VM match spec: starts it, restarts it when its config changed, or leaves it be. */
   put(name: string, spec: VmSpec): Promise<VmView> {
-    parseQemuConfig(spec.config); // reject a bad config before touching anything
-    if (configVmName(spec.config) !== name) throw new Error(`config: -name must be the VM name "${name}", found "${configVmName(spec.config)}"`);
+    const problem = checkConfig(name, spec);
+    if (problem) return Promise.reject(new Error(problem));
     return this.serial(name, async () => {
       let e = this.vms.get(name);
+      if (e && e.spec.hypervisor !== spec.hypervisor) {
+        // Another hypervisor runs the VM now: take the old one down completely first.
+        await this.remove(e);
+        e = undefined;
+      }
       if (!e) {
         e = { name, spec, observed: { state: "stopped", starts: 0 } };
         this.vms.set(name, e);
@@ -198,14 +264,30 @@ export class Agent {
     });
   }
 
+  /** Stops the VM and removes every trace of it: state, console, libvirt definition. */
+  private async remove(e: Entry): Promise<void> {
+    if (this.isRunning(e)) await this.stop(e);
+    if (e.spec.hypervisor === "libvirt") {
+      // Never started (e.g. libvirtd was missing): there is no domain to undefine.
+      if (e.observed.starts > 0) await (await this.libvirt()).destroy(e.name);
+      const consoleFile = libvirtConsolePath(e.spec.config)!;
+      fs.rmSync(consoleFile, { force: true });
+      try {
+        fs.rmdirSync(path.dirname(consoleFile)); // the cluster's console directory, once empty
+      } catch {
+        // other VMs' consoles are still there
+      }
+    }
+    this.vms.delete(e.name);
+    fs.rmSync(this.vmDir(e.name), { recursive: true, force: true });
+    this.persist();
+  }
+
   delete(name: string): Promise<boolean> {
     return this.serial(name, async () => {
       const e = this.vms.get(name);
       if (!e) return false;
-      if (this.isRunning(e)) await this.stop(e);
-      this.vms.delete(name);
-      fs.rmSync(this.vmDir(name), { recursive: true, force: true });
-      this.persist();
+      await this.remove(e);
       return true;
     });
   }
@@ -225,7 +307,7 @@ export class Agent {
   }
 
   private consoleText(e: Entry): string {
-    const file = vmPaths(this.vmDir(e.name)).console;
+    const file = e.spec.hypervisor === "libvirt" ? libvirtConsolePath(e.spec.config)! : vmPaths(this.vmDir(e.name)).console;
     try {
       const fd = fs.openSync(file, "r");
       try {

@@ -11,8 +11,10 @@
 
 export const VM_NAME_PATTERN = /^[a-z]([a-z0-9-]{0,78}[a-z0-9])?$/;
 
+export const AGENT_HYPERVISORS = ["qemu", "libvirt"];
+
 export interface VmSpec {
-  /** The agent drives QEMU; any other hypervisor is refused with 400 before anything starts. */
+  /** qemu (the agent supervises QEMU itself) or libvirt (through libvirtd); others are refused with 400. */
   hypervisor: string;
   /** The rendered, line-oriented hypervisor config. */
   config: string;
@@ -20,6 +22,8 @@ export interface VmSpec {
   markers: { begin: string; end: string };
   /** Seconds of grace between ACPI power-down and a forced stop. */
   stopGraceSeconds: number;
+  /** Whether the guest ends itself after its job; lets the agent tell a clean power-off from a crash when it only sees the process vanish. */
+  afterJob?: "stay-up" | "power-off";
 }
 
 export type VmState = "starting" | "running" | "exited" | "failed" | "stopped";
@@ -54,10 +58,12 @@ export interface VmView {
 export function checkVmSpec(body: unknown): string | undefined {
   if (typeof body !== "object" || body === null || Array.isArray(body)) return "body: expected a JSON object";
   const b = body as Record<string, unknown>;
-  const allowed = ["hypervisor", "config", "markers", "stopGraceSeconds"];
+  const allowed = ["hypervisor", "config", "markers", "stopGraceSeconds", "afterJob"];
   const extra = Object.keys(b).filter((k) => !allowed.includes(k));
   if (extra.length) return `${extra[0]}: unknown field; expected one of ${allowed.join(", ")}`;
-  if (b.hypervisor !== "qemu") return `hypervisor: expected "qemu" (the hypervisor this agent drives), found ${JSON.stringify(b.hypervisor)}`;
+  if (typeof b.hypervisor !== "string" || !AGENT_HYPERVISORS.includes(b.hypervisor)) {
+    return `hypervisor: expected one of ${AGENT_HYPERVISORS.map((h) => JSON.stringify(h)).join(", ")} (what a node agent runs), found ${JSON.stringify(b.hypervisor)}`;
+  }
   if (typeof b.config !== "string" || !b.config.trim()) return "config: expected a non-empty string";
   if (b.config.length > 65536) return "config: expected at most 65536 characters";
   const m = b.markers as Record<string, unknown> | undefined;
@@ -67,5 +73,7 @@ export function checkVmSpec(body: unknown): string | undefined {
   if (typeof b.stopGraceSeconds !== "number" || !(b.stopGraceSeconds >= 0 && b.stopGraceSeconds <= 600)) {
     return "stopGraceSeconds: expected a number from 0 to 600";
   }
+  if (b.afterJob !== undefined && b.afterJob !== "stay-up" && b.afterJob !== "power-off")
+    return `afterJob: expected "stay-up" or "power-off", found ${JSON.stringify(b.afterJob)}`;
   return undefined;
 }

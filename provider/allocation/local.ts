@@ -15,7 +15,9 @@ export interface AgentRecord {
 }
 
 // The daemon always runs compiled code, also when this module is loaded from sources (ts-jest).
-const AGENT_MAIN = __filename.endsWith(".ts") ? path.resolve(__dirname, "..", "..", "dist", "provider", "agent", "main.js") : path.resolve(__dirname, "..", "agent", "main.js");
+const AGENT_MAIN = __filename.endsWith(".ts")
+  ? path.resolve(__dirname, "..", "..", "dist", "provider", "agent", "main.js")
+  : path.resolve(__dirname, "..", "agent", "main.js");
 
 export function newToken(): string {
   return crypto.randomBytes(32).toString("hex");
@@ -40,7 +42,6 @@ function isAgentProcess(pid: number, stateDir: string): boolean {
  * state directory, so the agent re-adopts the VMs it was running.
  */
 export async function startLocalAgent(stateDir: string, token: string, host: number, port = 0): Promise<AgentRecord> {
-   
   const execa = require("execa") as typeof import("execa");
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const tokenFile = path.join(stateDir, "token");

@@ -53,7 +53,12 @@ function median(xs: number[]): number {
 async function bareBoot(tmp: string, accel: "tcg" | "kvm"): Promise<number> {
   const img = buildImage(ENV, DEFAULT_CACHE_DIR);
   const markers = markersFor(img.id);
-  const vm: VmModel = { name: "bench-0", index: 0, host: 0, profile: { name: "bench-profile", hypervisor: "qemu", memoryMiB: 256, vcpus: 1, machine: "pc", accel: "auto" } };
+  const vm: VmModel = {
+    name: "bench-0",
+    index: 0,
+    host: 0,
+    profile: { name: "bench-profile", hypervisor: "qemu", memoryMiB: 256, vcpus: 1, machine: "pc", accel: "auto" },
+  };
   const config = renderVmConfig({ cluster: "bench", vm, image: img, accel, kernelArgs: [] });
   const dir = fs.mkdtempSync(path.join(tmp, "bare-"));
   const paths = vmPaths(dir);
@@ -119,7 +124,9 @@ async function main(): Promise<void> {
     const ups: { up: number; jobSeconds: number }[] = [];
     for (let i = 0; i < RUNS_UP; i++) {
       ups.push(await pulumiUp(tmp));
-      console.log(`pulumi up to job output, run ${i + 1}/${RUNS_UP}: ${ups[i].up.toFixed(2)} s (job result ${ups[i].jobSeconds.toFixed(2)} s after the VM was requested)`);
+      console.log(
+        `pulumi up to job output, run ${i + 1}/${RUNS_UP}: ${ups[i].up.toFixed(2)} s (job result ${ups[i].jobSeconds.toFixed(2)} s after the VM was requested)`,
+      );
     }
     let model: Record<string, number> | undefined;
     const modelBench = path.join(__dirname, "..", "bench", "model-throughput.js");

@@ -1,7 +1,9 @@
 import * as fs from "fs";
 import * as path from "path";
 
-export const PROJECT_ROOT = [path.resolve(__dirname, "..", ".."), path.resolve(__dirname, "..", "..", "..")].find((d) => fs.existsSync(path.join(d, "Pulumi.yaml")))!;
+export const PROJECT_ROOT = [path.resolve(__dirname, "..", ".."), path.resolve(__dirname, "..", "..", "..")].find((d) =>
+  fs.existsSync(path.join(d, "Pulumi.yaml")),
+)!;
 
 /** The Pulumi engine's bin directory, as recorded by scripts/setup.sh. */
 export function engineBinDir(): string {

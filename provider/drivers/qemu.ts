@@ -73,7 +73,6 @@ export function qemuArgs(config: string, paths: VmPaths): string[] {
 
 /** Starts QEMU detached from the agent, so an agent restart does not take its VMs down. */
 export function startQemu(config: string, paths: VmPaths): ChildProcess {
-   
   const execa = require("execa") as typeof import("execa");
   fs.mkdirSync(paths.dir, { recursive: true });
   for (const f of [paths.qmp, paths.pidfile]) fs.rmSync(f, { force: true });
@@ -102,7 +101,9 @@ export function isQemuFor(pid: number, vmName: string): boolean {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
     if (/\) Z /.test(stat)) return false; // a zombie is already dead
     const i = argv.indexOf("-name");
-    return path.basename(argv[0]).startsWith("qemu-system") && i >= 0 && argv[i + 1] === vmName;
+    // libvirt starts QEMU with "-name guest=<vm>,debug-threads=on".
+    const named = argv[i + 1] === vmName || (argv[i + 1] ?? "").split(",").includes(`guest=${vmName}`);
+    return path.basename(argv[0]).startsWith("qemu-system") && i >= 0 && named;
   } catch {
     return false;
   }
@@ -175,7 +176,7 @@ export async function probeKvm(opts: {
   timeoutMs?: number;
 }): Promise<{ kvm: boolean; reason: string }> {
   if (!fs.existsSync("/dev/kvm")) return { kvm: false, reason: "/dev/kvm does not exist" };
-   
+
   const execa = require("execa") as typeof import("execa");
   const qemuVersion = (await execa(QEMU_BINARY, ["--version"])).stdout.split("\n")[0];
   const key = crypto

@@ -30,6 +30,7 @@ export type VmInputKey =
   | "kernelArgs"
   | "config"
   | "markers"
+  | "afterJob"
   | "jobTimeoutSeconds";
 
 export const LIFECYCLE: Record<string, FieldRule> = {
@@ -83,6 +84,8 @@ export const VM_INPUT_POLICY: Record<VmInputKey, Policy> = {
   // A config change not explained by a field above (e.g. a template change) restarts the VM.
   config: "restart",
   markers: "replace",
+  // Baked into the image as well (so imageId changes with it); the agent reads it to tell a power-off from a crash.
+  afterJob: "replace",
   jobTimeoutSeconds: "in-place",
 };
 

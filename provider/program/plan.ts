@@ -108,6 +108,7 @@ export function vmInputs<T>(model: ClusterModel, p: VmPlan, agent: { agentUrl: T
     kernelArgs: model.environment.kernelArgs.join(" "),
     config: p.config,
     markers: p.markers,
+    afterJob: model.environment.job.afterJob,
     jobTimeoutSeconds: model.environment.job.timeoutSeconds,
   } satisfies Record<VmInputKey, unknown>;
 }

@@ -18,6 +18,7 @@ export interface VirtualMachineInputs {
   /** The rendered hypervisor config, line per option, so `preview --diff` shows which lines change. */
   config: string;
   markers: { begin: string; end: string };
+  afterJob: "stay-up" | "power-off";
   jobTimeoutSeconds: number;
 }
 
@@ -51,6 +52,7 @@ const INPUT_KEYS: (keyof VirtualMachineInputs)[] = [
   "kernelArgs",
   "config",
   "markers",
+  "afterJob",
   "jobTimeoutSeconds",
 ];
 
@@ -90,6 +92,7 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
     config: inputs.config,
     markers: inputs.markers,
     stopGraceSeconds: STOP_GRACE_SECONDS,
+    afterJob: inputs.afterJob,
   });
   const restarted = !before || view.observed.starts !== before.observed.starts;
   if (!restarted && previous) return outputsFrom(inputs, view, previous.jobSeconds);

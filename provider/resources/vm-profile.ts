@@ -7,24 +7,28 @@ export interface VmProfileInputs {
 }
 
 export interface VmProfileOutputs extends VmProfileInputs {
-  /** The hypervisor binary found on this host. */
-  hypervisorBinary: string;
+  /** What the probe looked for on this host (all present). */
+  hypervisorChecked: string[];
 }
 
-/** Fails early, before any VM is started, when the host lacks the profile's hypervisor. */
+/**
+ * Fails early, before any VM is started, when this host lacks the profile's
+ * hypervisor: the driver's probe names what it looked for and what is missing.
+ */
 async function check(inputs: VmProfileInputs): Promise<VmProfileOutputs> {
-  const { QEMU_BINARY } = require("../drivers/qemu") as typeof import("../drivers/qemu");
-  const fs = require("fs") as typeof import("fs");
-  const path = require("path") as typeof import("path");
-  const binary = inputs.spec.hypervisor === "qemu" ? QEMU_BINARY : undefined;
-  const dirs = (process.env.PATH ?? "").split(":").filter(Boolean);
-  const found = binary && dirs.map((d) => path.join(d, binary)).find((p) => fs.existsSync(p));
-  if (!found) {
+  const { driverFor } = require("../drivers/registry") as typeof import("../drivers/registry");
+  const { probe, HypervisorUnavailableError } = require("../drivers/driver") as typeof import("../drivers/driver");
+  const { AGENT_HYPERVISORS } = require("../agent/protocol") as typeof import("../agent/protocol");
+  const h = inputs.spec.hypervisor;
+  const driver = driverFor(h);
+  const result = await probe(h, driver.requirements);
+  if (!result.available) throw new Error(`VmProfile ${inputs.spec.name}: ${new HypervisorUnavailableError(result).message}`);
+  if (!driver.capabilities.run || !AGENT_HYPERVISORS.includes(h)) {
     throw new Error(
-      `VmProfile ${inputs.spec.name}: hypervisor "${inputs.spec.hypervisor}" needs ${binary ?? "a driver"}, not found on PATH (${dirs.join(":")}); install the Debian package qemu-system-x86`,
+      `VmProfile ${inputs.spec.name}: hypervisor "${h}" is render-only in this release (vse render shows its configs); node agents run ${AGENT_HYPERVISORS.join(" and ")} (docs/capabilities.md)`,
     );
   }
-  return { ...inputs, hypervisorBinary: found };
+  return { ...inputs, hypervisorChecked: result.checked };
 }
 
 export async function profileCreate(inputs: VmProfileInputs): Promise<pulumi.dynamic.CreateResult> {
@@ -50,9 +54,9 @@ const provider: pulumi.dynamic.ResourceProvider = {
 
 /** A VM profile: the hypervisor-independent shape of a VM; per-VM configs are rendered from it. */
 export class VmProfile extends pulumi.dynamic.Resource {
-  declare readonly hypervisorBinary: pulumi.Output<string>;
+  declare readonly hypervisorChecked: pulumi.Output<string[]>;
 
   constructor(name: string, args: { spec: pulumi.Input<ProfileModel> }, opts?: pulumi.CustomResourceOptions) {
-    super(provider, name, { ...args, hypervisorBinary: undefined }, { ...opts, hideDiffs: ["__provider"] }, "vse", "VmProfile");
+    super(provider, name, { ...args, hypervisorChecked: undefined }, { ...opts, hideDiffs: ["__provider"] }, "vse", "VmProfile");
   }
 }

@@ -10,7 +10,11 @@ let dir: string;
 let token: string;
 let agent: AgentRecord;
 
-function raw(method: string, pathname: string, opts: { token?: string; body?: string } = {}): Promise<{ status: number; body: { error?: string } & Record<string, unknown>; headers: http.IncomingHttpHeaders }> {
+function raw(
+  method: string,
+  pathname: string,
+  opts: { token?: string; body?: string } = {},
+): Promise<{ status: number; body: { error?: string } & Record<string, unknown>; headers: http.IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const req = http.request(new URL(pathname, agent.url), { method, headers: opts.token ? { Authorization: `Bearer ${opts.token}` } : {} }, (res) => {
       const chunks: Buffer[] = [];
@@ -47,13 +51,51 @@ test("malformed requests get 400 with a message naming the field, and the agent 
   const cases: [string, string, string, RegExp][] = [
     ["PUT", "/v1/vms/vm-a", "{not json", /^body: expected JSON/],
     ["PUT", "/v1/vms/vm-a", "[]", /^body: expected a JSON object/],
-    ["PUT", "/v1/vms/vm-a", JSON.stringify({ hypervisor: "xen" }), /^hypervisor: expected "qemu"/],
+    ["PUT", "/v1/vms/vm-a", JSON.stringify({ hypervisor: "xen" }), /^hypervisor: expected one of "qemu", "libvirt" \(what a node agent runs\), found "xen"/],
     ["PUT", "/v1/vms/vm-a", JSON.stringify({ hypervisor: "qemu", config: "" }), /^config: expected a non-empty string/],
     ["PUT", "/v1/vms/vm-a", JSON.stringify({ hypervisor: "qemu", config: "-name vm-a", markers: { begin: "a" }, stopGraceSeconds: 1 }), /^markers:/],
-    ["PUT", "/v1/vms/vm-a", JSON.stringify({ hypervisor: "qemu", config: "-name vm-a", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1, extra: 1 }), /^extra: unknown field/],
-    ["PUT", "/v1/vms/vm-a", JSON.stringify({ hypervisor: "qemu", config: "-name vm-a\n-pidfile /tmp/x", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1 }), /^config line 2: -pidfile is set by the node agent/],
-    ["PUT", "/v1/vms/vm-a", JSON.stringify({ hypervisor: "qemu", config: "-name vm-a\nrm -rf /", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1 }), /^config line 2: expected "-option \[value\]"/],
-    ["PUT", "/v1/vms/vm-a", JSON.stringify({ hypervisor: "qemu", config: "-name other", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1 }), /^config: -name must be the VM name/],
+    [
+      "PUT",
+      "/v1/vms/vm-a",
+      JSON.stringify({ hypervisor: "qemu", config: "-name vm-a", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1, extra: 1 }),
+      /^extra: unknown field/,
+    ],
+    [
+      "PUT",
+      "/v1/vms/vm-a",
+      JSON.stringify({ hypervisor: "qemu", config: "-name vm-a\n-pidfile /tmp/x", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1 }),
+      /^config line 2: -pidfile is set by the node agent/,
+    ],
+    [
+      "PUT",
+      "/v1/vms/vm-a",
+      JSON.stringify({ hypervisor: "qemu", config: "-name vm-a\nrm -rf /", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1 }),
+      /^config line 2: expected "-option \[value\]"/,
+    ],
+    [
+      "PUT",
+      "/v1/vms/vm-a",
+      JSON.stringify({ hypervisor: "qemu", config: "-name other", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1 }),
+      /^config: -name must be the VM name/,
+    ],
+    [
+      "PUT",
+      "/v1/vms/vm-a",
+      JSON.stringify({ hypervisor: "libvirt", config: "<domain><name>other</name></domain>", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1 }),
+      /^config: the domain's <name> must be the VM name "vm-a", found "other"/,
+    ],
+    [
+      "PUT",
+      "/v1/vms/vm-a",
+      JSON.stringify({ hypervisor: "libvirt", config: "<domain><name>vm-a</name></domain>", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1 }),
+      /^config: expected a <serial type='file'>/,
+    ],
+    [
+      "PUT",
+      "/v1/vms/vm-a",
+      JSON.stringify({ hypervisor: "qemu", config: "-name vm-a", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1, afterJob: "later" }),
+      /^afterJob: expected "stay-up" or "power-off"/,
+    ],
     ["GET", "/v1/vms/Bad_Name", "", /^name: expected a lowercase DNS label/],
   ];
   for (const [method, p, body, message] of cases) {

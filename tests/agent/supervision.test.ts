@@ -18,13 +18,23 @@ const token = newToken();
 let agents: AgentRecord[] = [];
 
 function env(afterJob: "stay-up" | "power-off"): EnvironmentModel {
-  return { name: "t", base: "busybox", kernelArgs: [], job: { command: ["/bin/sh", "-c", "echo job-$((6*7))"], env: { A: "it's" }, afterJob, timeoutSeconds: 60 } };
+  return {
+    name: "t",
+    base: "busybox",
+    kernelArgs: [],
+    job: { command: ["/bin/sh", "-c", "echo job-$((6*7))"], env: { A: "it's" }, afterJob, timeoutSeconds: 60 },
+  };
 }
 
 function spec(name: string, e: EnvironmentModel): VmSpec {
   const img = buildImage(e, path.join(dir, "cache"));
   const vm: VmModel = { name, index: 0, host: 0, profile: { name: "p", hypervisor: "qemu", memoryMiB: 128, vcpus: 1, machine: "pc", accel: "tcg" } };
-  return { hypervisor: "qemu", config: renderVmConfig({ cluster: "c", vm, image: img, accel: "tcg", kernelArgs: [] }), markers: markersFor(img.id), stopGraceSeconds: 0 };
+  return {
+    hypervisor: "qemu",
+    config: renderVmConfig({ cluster: "c", vm, image: img, accel: "tcg", kernelArgs: [] }),
+    markers: markersFor(img.id),
+    stopGraceSeconds: 0,
+  };
 }
 
 async function waitFor(client: AgentClient, name: string, done: (v: VmView) => boolean): Promise<VmView> {

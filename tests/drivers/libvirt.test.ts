@@ -6,36 +6,17 @@ import { libvirtDriver, listDomains, virsh } from "../../provider/drivers/libvir
 import { clusterNetwork, nicsFor } from "../../provider/drivers/network";
 import { buildImage, markersFor } from "../../provider/image/busybox";
 import { environment, lastTick, readText, sleep, vmModel, waitFor, waitJob } from "./helpers";
+import { libvirtdForTest, libvirtdUp } from "../support/libvirtd";
 
 const NAME = "vse-drv-libvirt";
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vse-libvirt-driver-"));
 let ops: DriverOps | undefined;
 
-async function libvirtdUp(): Promise<string> {
-  const execa = require("execa") as typeof import("execa");
-  const res = await execa("bash", [path.resolve(__dirname, "..", "..", "scripts", "libvirtd-up.sh")], { reject: false, all: true });
-  if (res.exitCode !== 0) throw new Error(`scripts/libvirtd-up.sh failed (exit ${res.exitCode}): ${res.all}`);
-  return res.all ?? "";
-}
-
-const DAEMON_PIDFILES = ["/var/run/libvirtd.pid", "/var/run/virtlogd.pid"];
-/** Daemons that were not running before this test: it stops what it started. */
-let startedHere: string[] = [];
-
-function livePid(pidfile: string): number | undefined {
-  try {
-    const pid = Number(fs.readFileSync(pidfile, "utf8").trim());
-    process.kill(pid, 0);
-    return pid;
-  } catch {
-    return undefined;
-  }
-}
+let stopDaemons: (() => Promise<void>) | undefined;
 
 // Starts virtlogd and libvirtd with the settings this machine needs, or finds them running.
 beforeAll(async () => {
-  startedHere = DAEMON_PIDFILES.filter((f) => livePid(f) === undefined);
-  await libvirtdUp();
+  stopDaemons = await libvirtdForTest();
 });
 
 test("scripts/libvirtd-up.sh is idempotent: a second run keeps qemu.conf and the running daemon", async () => {
@@ -51,12 +32,7 @@ test("scripts/libvirtd-up.sh is idempotent: a second run keeps qemu.conf and the
 afterAll(async () => {
   // Whatever happened above, the domain is gone afterwards.
   if (ops) await ops.destroy(NAME).catch(() => undefined);
-  for (const f of startedHere) {
-    const pid = livePid(f);
-    if (pid === undefined) continue;
-    process.kill(pid, "SIGTERM");
-    for (let i = 0; i < 50 && livePid(f) !== undefined; i++) await sleep(100);
-  }
+  if (stopDaemons) await stopDaemons();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 

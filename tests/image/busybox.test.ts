@@ -64,6 +64,11 @@ test("the job's argv and environment survive quoting exactly", async () => {
   const lines = script.split("\n");
   const argvLine = lines.find((l) => l.startsWith("set -- "))!;
   const out = await execa("/bin/busybox", ["sh", "-c", `${argvLine}\n"$@"`]);
-  expect(out.stdout).toBe(tricky.slice(2).map((a) => `${a}|`).join(""));
+  expect(out.stdout).toBe(
+    tricky
+      .slice(2)
+      .map((a) => `${a}|`)
+      .join(""),
+  );
   expect(script).toContain("export A='x y'");
 });

@@ -27,7 +27,11 @@ function fieldPaths(schema: Record<string, unknown>, file: string, prefix: strin
 }
 
 test("every schema field of every kind has a lifecycle rule", () => {
-  const kinds: Record<string, string> = { Environment: "environment.schema.json", VmProfile: "vmprofile.schema.json", VirtualCluster: "virtualcluster.schema.json" };
+  const kinds: Record<string, string> = {
+    Environment: "environment.schema.json",
+    VmProfile: "vmprofile.schema.json",
+    VirtualCluster: "virtualcluster.schema.json",
+  };
   const missing: string[] = [];
   for (const [kind, file] of Object.entries(kinds)) {
     const paths = new Set<string>();
@@ -70,6 +74,7 @@ describe("the VirtualMachine diff reads the table", () => {
     kernelArgs: "",
     config: "-name c-0\n-m 256M\n",
     markers: { begin: "b", end: "e" },
+    afterJob: "stay-up" as const,
     jobTimeoutSeconds: 60,
   };
   const olds: VirtualMachineOutputs = { ...base, status: "running", pid: 1, starts: 1, jobOutput: "5\n", jobExitCode: 0, jobSeconds: 1, message: null };
@@ -78,7 +83,11 @@ describe("the VirtualMachine diff reads the table", () => {
     expect(await vmDiff(olds, base)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
   });
   test("memory restarts in place (an update, not a replace)", async () => {
-    expect(await vmDiff(olds, { ...base, memoryMiB: 384, config: "-name c-0\n-m 384M\n" })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+    expect(await vmDiff(olds, { ...base, memoryMiB: 384, config: "-name c-0\n-m 384M\n" })).toEqual({
+      changes: true,
+      replaces: [],
+      deleteBeforeReplace: false,
+    });
   });
   test("a new image replaces, deleting first so the name is free on the agent", async () => {
     expect(await vmDiff(olds, { ...base, imageId: "j" })).toEqual({ changes: true, replaces: ["imageId"], deleteBeforeReplace: true });
