@@ -79,7 +79,14 @@ case("kind-missing", "@@apiVersion: vse.dev/v1\nmetadata: {name: a}\n", "expecte
 # --- unknown fields
 case("unknown-top-level", env() + "@@status: {}\n", 'unknown field "status"; expected one of: apiVersion, kind, metadata, spec')
 case("unknown-metadata-labels", env(meta="  @@labels: {a: b}\n"), 'unknown field "labels"; expected one of: name, description')
-case("unknown-env-spec", env(spec=JOB + "  @@packages: [gcc]\n"), 'unknown field "packages"; expected one of: base, kernelArgs, job')
+case("unknown-env-spec", env(spec=JOB + "  @@packages: [gcc]\n"), 'unknown field "packages"; expected one of: base, debian, kernelArgs, job')
+case("unknown-env-debian", env(spec="  base: debian\n  debian: {packages: [bc], @@suite: bookworm}\n" + JOB), 'unknown field "suite"; expected one of: release, packages, mirror')
+# A missing field is reported at its parent's key.
+case("debian-missing", env(spec="  base: debian\n" + JOB).replace("\nspec:", "\n@@spec:"), 'required field "debian" is missing')
+case("debian-without-base", env(spec="  @@debian: {packages: [bc]}\n" + JOB), 'not allowed here (only with base "debian")')
+case("debian-package-name", env(spec="  base: debian\n  debian: {packages: [bc, @@\"bc;reboot\"]}\n" + JOB), 'expected a Debian package name')
+case("debian-package-option", env(spec="  base: debian\n  debian: {packages: [@@--allow-unauthenticated]}\n" + JOB), 'expected a Debian package name')
+case("debian-mirror-scheme", env(spec="  base: debian\n  debian: {packages: [bc], @@mirror: \"file:///etc\"}\n" + JOB), 'expected the Debian mirror')
 case("unknown-env-job", env(spec=JOB + "    @@cwd: /tmp\n"), 'unknown field "cwd"; expected one of: command, env, afterJob, timeoutSeconds')
 case("unknown-env-job-typo", env(spec=JOB + "    @@timeout: 5\n"), 'unknown field "timeout"')
 case("unknown-profile-spec", prof(spec="  accel: tcg\n  @@cpus: 2\n"), 'unknown field "cpus"; expected one of: hypervisor, memory, vcpus, machine, accel')
@@ -193,7 +200,8 @@ E = [
  ("enum-hypervisor-case", prof(spec="  @@hypervisor: QEMU\n"), 'found "QEMU"'),
  ("enum-machine", prof(spec="  @@machine: virt\n"), 'expected one of "microvm", "q35", "pc", found "virt"'),
  ("enum-accel", prof(spec="  @@accel: hvf\n"), 'expected one of "auto", "tcg", "kvm", found "hvf"'),
- ("enum-base", env(spec="  @@base: ubuntu\n" + JOB), 'expected one of "busybox", found "ubuntu"'),
+ ("enum-base", env(spec="  @@base: ubuntu\n" + JOB), 'expected one of "busybox", "debian", found "ubuntu"'),
+ ("enum-debian-release", env(spec="  base: debian\n  debian: {@@release: sid}\n" + JOB), 'expected one of "bookworm", "trixie", found "sid"'),
  ("enum-afterjob", env(spec=JOB + "    @@afterJob: reboot\n"), 'expected one of "stay-up", "power-off", found "reboot"'),
  ("enum-manager", clus(spec="  environment: e\n  profile: p\n  allocation: {@@manager: slurm}\n"), 'expected one of "local", found "slurm"'),
  ("enum-policy-default-accel", pol("  defaults:\n    profile: {@@accel: hvf}\n"), 'found "hvf"'),
