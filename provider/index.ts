@@ -13,7 +13,8 @@ import type {
   VirtualCluster as ClusterDefinition,
   VmProfile as ProfileDefinition,
 } from "./model/types.generated";
-import { hostKernel, imageId, imageRef, markersFor } from "./image/busybox";
+import { hostKernel, imageRef, markersFor } from "./image/busybox";
+import { environmentImageId } from "./image";
 import { renderVmConfig } from "./render/render";
 import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, resolveAccel } from "./program/plan";
 import { Environment as EnvironmentResource } from "./resources/environment";
@@ -73,8 +74,8 @@ export class Environment extends pulumi.ComponentResource {
     this.definition = validated("Environment", name, args.spec, args.description, (d) => d.environments);
     this.model = environmentModel(this.definition);
     this.cacheDir = path.resolve(args.cacheDir ?? DEFAULT_CACHE_DIR);
-    this.imageId = imageId(this.model, hostKernel());
-    this.resource = new EnvironmentResource(name, { spec: this.model, imageId: this.imageId, cacheDir: this.cacheDir }, { parent: this });
+    this.imageId = environmentImageId(this.model, hostKernel());
+    this.resource = new EnvironmentResource(name, { spec: this.model, imageId: this.imageId, cacheDir: this.cacheDir, extras: null }, { parent: this });
     this.registerOutputs({ imageId: this.imageId });
   }
 }

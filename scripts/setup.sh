@@ -20,6 +20,9 @@ command -v go >/dev/null || need_debs+=(golang-go)
 command -v libvirtd >/dev/null || need_debs+=(libvirt-daemon-system)
 command -v virsh >/dev/null || need_debs+=(libvirt-clients)
 command -v xmllint >/dev/null || need_debs+=(libxml2-utils)
+# Debian VSE images (Environment base: debian) and listing initramfs archives in tests.
+command -v mmdebstrap >/dev/null || need_debs+=(mmdebstrap)
+command -v cpio >/dev/null || need_debs+=(cpio)
 if [ "${#need_debs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing Debian packages: ${need_debs[*]}; run: sudo apt-get install -y ${need_debs[*]}"

@@ -167,7 +167,7 @@ export function effectiveDocuments(plans: ClusterPlan[]): object[] {
       apiVersion: "vse.dev/v1",
       kind: "Environment",
       metadata: { name: e.name },
-      spec: { base: e.base, kernelArgs: e.kernelArgs, job: e.job },
+      spec: { base: e.base, ...(e.debian ? { debian: e.debian } : {}), kernelArgs: e.kernelArgs, job: e.job },
     });
     const p = model.profile;
     profiles.set(p.name, {
@@ -187,7 +187,7 @@ export function effectiveDocuments(plans: ClusterPlan[]): object[] {
       apiVersion: "vse.dev/v1",
       kind: "VirtualCluster",
       metadata: { name: model.name },
-      spec: { environment: e.name, profile: p.name, nodes: model.vms.length, allocation: model.allocation, overrides },
+      spec: { environment: e.name, profile: p.name, nodes: model.vms.length, allocation: model.allocation, network: model.network, overrides },
     });
   }
   return [...envs.values(), ...profiles.values(), ...clusters];

@@ -1,4 +1,8 @@
 import * as crypto from "crypto";
+import type { ImageExtras } from "../image/busybox";
+
+/** What a guest on a cluster network needs in its image: the virtio NIC driver, and eth0 set up from vse.ip= on its command line. */
+export const CLUSTER_NETWORK_EXTRAS: ImageExtras = { modules: ["virtio_net", "virtio_pci"], network: true };
 
 /** The private network one virtual cluster's VMs share (seed 002: NICs, MAC addresses, network definitions). */
 export interface ClusterNetwork {

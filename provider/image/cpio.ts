@@ -8,6 +8,9 @@ export interface CpioEntry {
   data?: Buffer;
   rdevMajor?: number;
   rdevMinor?: number;
+  /** Owner and group; root (0) unless given. */
+  uid?: number;
+  gid?: number;
 }
 
 export const S_IFDIR = 0o040000;
@@ -33,8 +36,8 @@ export function cpioArchive(entries: CpioEntry[]): Buffer {
       "070701" +
       hex8(ino++) +
       hex8(e.mode) +
-      hex8(0) + // uid
-      hex8(0) + // gid
+      hex8(e.uid ?? 0) +
+      hex8(e.gid ?? 0) +
       hex8((e.mode & S_IFDIR) === S_IFDIR ? 2 : 1) + // nlink
       hex8(0) + // mtime: fixed, for reproducible archives
       hex8(data.length) +

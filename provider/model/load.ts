@@ -361,6 +361,8 @@ export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
   for (const e of errors) {
     if (e.keyword !== "oneOf" && oneOfPaths.has(e.instancePath)) continue;
     if (e.keyword !== "propertyNames" && namePaths.has(e.instancePath) && e.schemaPath.includes("/propertyNames/")) continue;
+    // A failed if/then (spec.debian required with base debian) is reported by the error inside "then".
+    if (e.keyword === "if") continue;
     let p = pointerToPath(e.instancePath);
     let message: string;
     const found = JSON.stringify(e.data);
@@ -412,6 +414,10 @@ export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
       case "minLength":
       case "maxLength":
         message = `expected ${e.keyword.startsWith("min") ? "at least" : "at most"} ${(e.params as { limit: number }).limit} ${e.keyword.endsWith("Items") ? "items" : "characters"}`;
+        break;
+      case "false schema":
+        // The only false schema: spec.debian when spec.base is not "debian" (it would be ignored).
+        message = `not allowed here (only with base "debian"), found ${found}`;
         break;
       default:
         message = `${e.message ?? "is invalid"}`;

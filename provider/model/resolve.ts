@@ -7,7 +7,9 @@ import type { VirtualCluster } from "./types.generated";
 /** An environment with every default filled in: what the image is built from. */
 export interface EnvironmentModel {
   name: string;
-  base: "busybox";
+  base: "busybox" | "debian";
+  /** Only for base "debian" (absent otherwise, so busybox models and their ids are unchanged). */
+  debian?: DebianModel;
   kernelArgs: string[];
   job: {
     command: string[];
@@ -16,6 +18,15 @@ export interface EnvironmentModel {
     timeoutSeconds: number;
   };
 }
+
+/** The Debian system of a "debian" environment, normalised: packages sorted and de-duplicated so their order never changes the image id. */
+export interface DebianModel {
+  release: "bookworm" | "trixie";
+  packages: string[];
+  mirror: string;
+}
+
+export const DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian";
 
 /** A profile with units normalised and defaults filled in. */
 export interface ProfileModel {
@@ -41,6 +52,8 @@ export interface ClusterModel {
   environment: EnvironmentModel;
   profile: ProfileModel;
   allocation: { manager: "local"; hosts: number };
+  /** 'private': the VMs share a network of their own (see the schema); 'none': no NIC. */
+  network: "none" | "private";
   vms: VmModel[];
 }
 
@@ -49,6 +62,15 @@ export function environmentModel(l: Located<import("./types.generated").Environm
   return {
     name: l.doc.metadata.name,
     base: s.base ?? "busybox",
+    ...(s.base === "debian"
+      ? {
+          debian: {
+            release: s.debian?.release ?? "bookworm",
+            packages: [...new Set(s.debian?.packages ?? [])].sort(),
+            mirror: s.debian?.mirror ?? DEFAULT_DEBIAN_MIRROR,
+          },
+        }
+      : {}),
     kernelArgs: [...(s.kernelArgs ?? [])],
     job: {
       command: [...s.job.command],
@@ -143,7 +165,7 @@ function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: D
       profile: { ...profile, memoryMiB: memory(o?.memory, profile.memoryMiB, where, problems), vcpus: o?.vcpus ?? profile.vcpus },
     });
   }
-  return { name, environment: environmentModel(envDef), profile, allocation: { manager: "local", hosts }, vms };
+  return { name, environment: environmentModel(envDef), profile, allocation: { manager: "local", hosts }, network: s.network ?? "none", vms };
 }
 
 /**

@@ -16,9 +16,30 @@ export interface Environment {
   metadata: Metadata;
   spec: {
     /**
-     * What the image is built from. 'busybox': the host's Debian kernel (linux-image-amd64) and a busybox-static initramfs whose init runs the job; boots in seconds.
+     * What the image is built from. 'busybox': the host's Debian kernel (linux-image-amd64) and a busybox-static initramfs whose init runs the job; boots in seconds. 'debian': the host's kernel and a Debian root filesystem built by mmdebstrap from spec.debian (its release and packages), loaded whole as the initramfs; the VM needs memory for it (at least 512 MiB for a few small packages) and boots in tens of seconds under emulation.
      */
-    base?: "busybox";
+    base?: "busybox" | "debian";
+    /**
+     * The Debian system of a 'debian' image (required when base is 'debian', not allowed otherwise): a minimal root filesystem (mmdebstrap's 'essential' variant) plus the listed packages and their dependencies. A change to any of it builds a new image.
+     */
+    debian?: {
+      /**
+       * The Debian release (suite) the root filesystem is built from.
+       */
+      release?: "bookworm" | "trixie";
+      /**
+       * Debian packages installed on top of the essential set, by name; order and repetition do not matter (the list is sorted and de-duplicated).
+       *
+       * @maxItems 256
+       *
+       * Items: A Debian package name: a lower-case letter or digit, then 1 to 99 lower-case letters, digits or +.- characters.
+       */
+      packages?: string[];
+      /**
+       * The Debian mirror (archive URL) packages are downloaded from: http or https, a host name, an optional port and path.
+       */
+      mirror?: string;
+    };
     /**
      * Extra kernel command-line parameters, appended after the provider's own (console, panic).
      *
@@ -164,6 +185,10 @@ export interface VirtualCluster {
        */
       vcpus?: number;
     }[];
+    /**
+     * The cluster's private network. 'none' (default): the VMs have no NIC. 'private': every VM gets one virtio NIC with a deterministic, locally administered MAC, on a network that only this cluster's VMs share (QEMU's socket backend in multicast mode, bound to 127.0.0.1: every host of the cluster must be this machine, as with manager 'local'); VM i has the address 10.77.x.y/16 with x.y = i+1 (given to the guest as vse.ip=... on its kernel command line) and no route outside the cluster.
+     */
+    network?: "none" | "private";
   };
 }
 

@@ -40,10 +40,12 @@ async function main(): Promise<Record<string, unknown>> {
   const vmsOut: Record<string, pulumi.Output<unknown>> = {};
   for (const plan of plans) {
     const m = plan.model;
-    let env = environments.get(m.environment.name);
+    // One image per environment, and one more where a cluster adds its network to it ('+' cannot clash with a name).
+    const envKey = plan.extras ? `${m.environment.name}+network` : m.environment.name;
+    let env = environments.get(envKey);
     if (!env) {
-      env = new Environment(m.environment.name, { spec: m.environment, imageId: plan.imageId, cacheDir });
-      environments.set(m.environment.name, env);
+      env = new Environment(envKey, { spec: m.environment, imageId: plan.imageId, cacheDir, extras: plan.extras ?? null });
+      environments.set(envKey, env);
     }
     let profile = profiles.get(m.profile.name);
     if (!profile) {

@@ -1,7 +1,9 @@
 import * as os from "os";
 import * as path from "path";
-import { buildImage, hostKernel, imageId, imageRef, markersFor } from "../image/busybox";
+import { buildImage, hostKernel, ImageExtras, imageRef, markersFor } from "../image/busybox";
+import { environmentImageId } from "../image";
 import { probeKvm } from "../drivers/qemu";
+import { CLUSTER_NETWORK_EXTRAS, clusterNetwork, nicsFor } from "../drivers/network";
 import { DefinitionError, DefinitionProblem } from "../model/errors";
 import { API_VERSION, Definitions, loadDefinitions, loadObject } from "../model/load";
 import { ClusterModel, EnvironmentModel, ProfileModel, resolveClusters, VmModel } from "../model/resolve";
@@ -23,6 +25,8 @@ export interface VmPlan {
 export interface ClusterPlan {
   model: ClusterModel;
   imageId: string;
+  /** What the cluster adds to its environment's image (the network driver and set-up), if anything. */
+  extras?: ImageExtras;
   vms: VmPlan[];
 }
 
@@ -72,16 +76,20 @@ export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT
   const accels = new Map<string, "tcg" | "kvm">();
   const plans: ClusterPlan[] = [];
   for (const model of clusters) {
-    const id = imageId(model.environment, kernel);
+    const network = model.network === "private" ? clusterNetwork(model.name) : undefined;
+    const extras = network ? CLUSTER_NETWORK_EXTRAS : undefined;
+    const id = environmentImageId(model.environment, kernel, extras);
     const image = imageRef(cacheDir, id);
     const vms: VmPlan[] = [];
     for (const vm of model.vms) {
       if (!accels.has(vm.profile.accel)) accels.set(vm.profile.accel, await accelOf(vm.profile.accel, cacheDir));
       const accel = accels.get(vm.profile.accel)!;
-      const config = renderVmConfig({ cluster: model.name, vm, image, accel, kernelArgs: model.environment.kernelArgs });
+      // On a cluster network, the guest learns its address from its kernel command line.
+      const kernelArgs = network ? [...model.environment.kernelArgs, `vse.ip=${nicsFor(model.name, vm.index)[0].ipv4}/16`] : model.environment.kernelArgs;
+      const config = renderVmConfig({ cluster: model.name, vm, image, accel, kernelArgs, network });
       vms.push({ vm, accel, config, imageId: id, markers: markersFor(id) });
     }
-    plans.push({ model, imageId: id, vms });
+    plans.push({ model, imageId: id, extras, vms });
   }
   return plans;
 }

@@ -1,5 +1,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { EnvironmentModel } from "../model/resolve";
+import type { ImageExtras } from "../image/busybox";
 
 export interface EnvironmentInputs {
   /** The environment with defaults filled in, as the image is built from it. */
@@ -7,6 +8,8 @@ export interface EnvironmentInputs {
   /** Content address computed by the program; create checks it builds exactly this. */
   imageId: string;
   cacheDir: string;
+  /** What a cluster adds to the image (the network driver and set-up); null for the plain image. */
+  extras: ImageExtras | null;
 }
 
 export interface EnvironmentOutputs extends EnvironmentInputs {
@@ -20,8 +23,8 @@ export interface EnvironmentOutputs extends EnvironmentInputs {
 type Args = { [K in keyof EnvironmentInputs]: pulumi.Input<EnvironmentInputs[K]> };
 
 async function build(inputs: EnvironmentInputs): Promise<EnvironmentOutputs> {
-  const { buildImage } = require("../image/busybox") as typeof import("../image/busybox");
-  const img = buildImage(inputs.spec, inputs.cacheDir);
+  const { buildEnvironmentImage } = require("../image") as typeof import("../image");
+  const img = await buildEnvironmentImage(inputs.spec, inputs.cacheDir, undefined, inputs.extras ?? undefined);
   if (img.id !== inputs.imageId) {
     throw new Error(
       `Environment ${inputs.spec.name}: built image ${img.id.slice(0, 12)} but the program planned ${inputs.imageId.slice(0, 12)}; the host kernel or busybox changed during the run, run again`,

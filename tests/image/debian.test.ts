@@ -11,6 +11,8 @@ import { buildEnvironmentImage, environmentImageId } from "../../provider/image"
 import type { DefinitionProblem } from "../../provider/model/errors";
 import { Definitions, loadText } from "../../provider/model/load";
 import { environmentModel, EnvironmentModel } from "../../provider/model/resolve";
+import { planClusters } from "../../provider/program/plan";
+import { envCreate } from "../../provider/resources/environment";
 import { vmModel, waitJob } from "../drivers/helpers";
 
 const execa = require("execa") as typeof import("execa");
@@ -65,12 +67,32 @@ test("the schema requires spec.debian with base debian, refuses it otherwise, an
   expect(bad[0].message).toContain("Debian package name");
 });
 
+test("planning a debian cluster only hashes: the plan's image id is the debian one and nothing is built", async () => {
+  const empty = path.join(tmp, "plan-cache");
+  const defs = path.join(tmp, "debian-cluster.yaml");
+  fs.writeFileSync(
+    defs,
+    [
+      `apiVersion: vse.dev/v1\nkind: Environment\nmetadata: { name: deb }\nspec:\n  base: debian\n  debian: { packages: [bc] }\n${JOB}`,
+      "apiVersion: vse.dev/v1\nkind: VmProfile\nmetadata: { name: big }\nspec: { memory: 512MiB, accel: tcg }\n",
+      "apiVersion: vse.dev/v1\nkind: VirtualCluster\nmetadata: { name: deb-cluster }\nspec: { environment: deb, profile: big }\n",
+    ].join("---\n"),
+  );
+  const [plan] = await planClusters([defs], empty, { resolveAccel: async () => "tcg" });
+  expect(plan.model.environment.debian).toEqual({ release: "bookworm", packages: ["bc"], mirror: "http://deb.debian.org/debian" });
+  expect(plan.imageId).toBe(debianImageId(plan.model.environment));
+  expect(plan.vms[0].config).toContain(`${plan.imageId}/initrd.img`);
+  expect(fs.existsSync(path.join(empty, "images"))).toBe(false);
+});
+
 test("a hand-made model with a bad package name or mirror never reaches mmdebstrap", () => {
   const withDebian = (d: Partial<NonNullable<EnvironmentModel["debian"]>>) => ({ ...bc.debian!, ...d });
   expect(() => mmdebstrapArgs(withDebian({ packages: ["--root-owner-group"] }), "/x")).toThrow('invalid Debian package name "--root-owner-group"');
   expect(() => mmdebstrapArgs(withDebian({ packages: ["bc,jq"] }), "/x")).toThrow("invalid Debian package name");
   expect(() => mmdebstrapArgs(withDebian({ mirror: "file:///etc" }), "/x")).toThrow("invalid Debian mirror");
   expect(() => environmentImageId({ ...bc, debian: undefined })).toThrow("needs spec.debian");
+  // Extras are busybox-only for now: asking a Debian image for a network must fail, not boot without one.
+  expect(() => environmentImageId(bc, undefined, { network: true })).toThrow('base "debian" images do not support');
   expect(mmdebstrapArgs(withDebian({ packages: ["jq", "bc"] }), "/x")).toEqual(
     expect.arrayContaining(["--include=bc,jq", "bookworm", "/x", "http://deb.debian.org/debian"]),
   );
@@ -100,6 +122,9 @@ test("a real Debian VSE: mmdebstrap builds it, QEMU boots it, the job uses a lis
   expect(again).toEqual({ ...img, built: false });
   expect(fs.statSync(img.initrd).mtimeMs).toBe(mtime);
   expect(fs.readdirSync(path.join(cache, "images")).filter((f) => !f.startsWith("."))).toEqual([img.id]);
+  // The Environment resource builds through the same dispatch: it finds the Debian image, and would refuse any other id.
+  const created = await envCreate({ spec: bc, imageId: img.id, cacheDir: cache });
+  expect(created.outs).toMatchObject({ kernel: img.kernel, initrd: img.initrd, built: false, present: true });
 
   // The unpacked tree lives in guest RAM (see spec.base), so this VM gets 512 MiB.
   const vm = vmModel(NAME, "qemu");
