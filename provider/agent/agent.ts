@@ -4,6 +4,20 @@ import type { ChildProcess } from "child_process";
 import type { DriverOps } from "../drivers/driver";
 import { isQemuFor, startQemu, stopQemu, vmPaths, configVmName, parseQemuConfig } from "../drivers/qemu";
 import { JobResult, VmObserved, VmSpec, VmView } from "./protocol";
+import { qmpCommand } from "../drivers/qmp";
+import * as net from "net";
+
+/** A free TCP port on 127.0.0.1, for a migration target to listen on. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
 import { readJson, writeFileAtomic } from "./state";
 
 interface Entry {
@@ -192,11 +206,11 @@ export class Agent {
     this.log(`VM ${e.name} started by libvirt (pid ${pid})`);
   }
 
-  private async start(e: Entry): Promise<void> {
+  private async start(e: Entry, incoming?: string): Promise<void> {
     if (e.spec.hypervisor === "libvirt") return this.startLibvirt(e);
     const paths = vmPaths(this.vmDir(e.name));
     // QEMU also locks its pidfile, so even a racing second start cannot run two copies.
-    const child = startQemu(e.spec.config, paths);
+    const child = startQemu(e.spec.config, paths, incoming ? ["-incoming", incoming] : []);
     e.child = child;
     e.stopping = false;
     e.observed = { state: "starting", pid: child.pid, startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit };
@@ -216,9 +230,9 @@ export class Agent {
       this.persist();
       throw new Error(`VM ${e.name}: ${e.observed.message}`);
     }
-    e.observed = { ...e.observed, state: "running", message: undefined };
+    e.observed = { ...e.observed, state: "running", message: incoming ? "waiting for a live migration" : undefined, incoming };
     this.persist();
-    this.log(`VM ${e.name} started (pid ${child.pid})`);
+    this.log(`VM ${e.name} started (pid ${child.pid})${incoming ? `, waiting for a migration on ${incoming}` : ""}`);
   }
 
   private async stop(e: Entry): Promise<void> {
@@ -259,8 +273,66 @@ export class Agent {
       }
       e.spec = spec;
       if (!running || changed) await this.start(e);
-      else this.persist();
+      else {
+        // A migration has landed here: the VM is now simply ours.
+        e.observed = { ...e.observed, incoming: undefined, message: e.observed.incoming ? "migrated here" : e.observed.message };
+        this.persist();
+      }
       return this.view(e);
+    });
+  }
+
+  /** Starts the VM as the target of a live migration, listening on a free loopback port. */
+  incoming(name: string, spec: VmSpec): Promise<VmView> {
+    const problem =
+      checkConfig(name, spec) ?? (spec.hypervisor !== "qemu" ? `hypervisor: live migration needs "qemu", found ${JSON.stringify(spec.hypervisor)}` : undefined);
+    if (problem) return Promise.reject(new Error(problem));
+    return this.serial(name, async () => {
+      const old = this.vms.get(name);
+      if (old && this.isRunning(old)) throw new Error(`conflict: VM ${name} already runs on this agent`);
+      const e: Entry = { name, spec, observed: { state: "stopped", starts: old?.observed.starts ?? 0 } };
+      this.vms.set(name, e);
+      await this.start(e, `tcp:127.0.0.1:${await freePort()}`);
+      // QEMU listens for the migration once its monitor answers; the pidfile comes earlier.
+      const qmp = vmPaths(this.vmDir(name)).qmp;
+      for (let i = 0; ; i++) {
+        try {
+          await qmpCommand(qmp, "query-status", undefined, 1000);
+          break;
+        } catch (err) {
+          if (i >= 200 || !this.isRunning(e)) throw new Error(`VM ${name}: the migration target did not come up: ${(err as Error).message}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+      return this.view(e);
+    });
+  }
+
+  /** Live-migrates the running VM to a target started by incoming(); once it has landed, the VM is forgotten here. */
+  migrate(name: string, target: string): Promise<{ totalMs: number; downtimeMs: number }> {
+    return this.serial(name, async () => {
+      const e = this.vms.get(name);
+      if (!e) throw new Error(`not found: no VM named ${name}`);
+      if (e.spec.hypervisor !== "qemu" || !this.isRunning(e)) throw new Error(`conflict: VM ${name} is not a running QEMU VM`);
+      const paths = vmPaths(this.vmDir(name));
+      await qmpCommand(paths.qmp, "migrate", { uri: target });
+      const deadline = Date.now() + 120000;
+      for (;;) {
+        const info = (await qmpCommand(paths.qmp, "query-migrate")) as { status?: string; "total-time"?: number; downtime?: number; "error-desc"?: string };
+        if (info.status === "completed") {
+          this.log(`VM ${name} migrated to ${target} in ${info["total-time"]} ms (downtime ${info.downtime} ms)`);
+          // The source is paused after the hand-over and must never run again.
+          await this.remove(e);
+          return { totalMs: info["total-time"] ?? 0, downtimeMs: info.downtime ?? 0 };
+        }
+        if (info.status === "failed" || info.status === "cancelled" || Date.now() > deadline) {
+          await qmpCommand(paths.qmp, "migrate_cancel").catch(() => undefined);
+          throw new Error(
+            `migration of ${name} to ${target} ${info.status === "failed" || info.status === "cancelled" ? info.status : "timed out"}: ${info["error-desc"] ?? ""}`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
     });
   }
 

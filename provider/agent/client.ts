@@ -83,6 +83,16 @@ export class AgentClient {
     }
   }
 
+  /** Starts the VM here as the target of a live migration; the view's observed.incoming says where to send it. */
+  incoming(name: string, spec: VmSpec): Promise<VmView> {
+    return this.request("POST", `/v1/vms/${encodeURIComponent(name)}/incoming`, spec);
+  }
+
+  /** Migrates the VM from this agent to target; resolves once it runs there and is gone here. */
+  migrate(name: string, target: string): Promise<{ totalMs: number; downtimeMs: number }> {
+    return this.request("POST", `/v1/vms/${encodeURIComponent(name)}/migrate`, { target });
+  }
+
   shutdown(): Promise<unknown> {
     return this.request("POST", "/v1/shutdown", {});
   }

@@ -5,6 +5,8 @@
 //   PUT    /v1/vms/{name}            desired state (idempotent)
 //   GET    /v1/vms/{name}            desired + observed state, job result
 //   DELETE /v1/vms/{name}            stop the VM and forget it
+//   POST   /v1/vms/{name}/incoming   start QEMU waiting for a live migration (body: VmSpec)
+//   POST   /v1/vms/{name}/migrate    migrate the running VM to {target} and forget it here
 //   POST   /v1/shutdown              stop every VM, then the agent exits
 //
 // Every /v1 request needs "Authorization: Bearer <token>" (401 otherwise).
@@ -42,6 +44,8 @@ export interface VmObserved {
   lastExit?: { at: string; code: number | null; signal: string | null; expected: boolean };
   /** How many times the agent started this VM. */
   starts: number;
+  /** Set while the VM waits for a live migration: where the source sends its state. */
+  incoming?: string;
   message?: string;
 }
 

@@ -65,10 +65,29 @@ export function createServer(agent: Agent, token: string, onShutdown: () => void
       setImmediate(onShutdown);
       return [200, { ok: true }];
     }
-    const m = /^\/v1\/vms\/([^/]+)$/.exec(url.pathname);
+    const m = /^\/v1\/vms\/([^/]+)(\/incoming|\/migrate)?$/.exec(url.pathname);
     if (!m) throw new HttpError(404, `no such endpoint ${url.pathname}`);
     const name = decodeURIComponent(m[1]);
     if (!VM_NAME_PATTERN.test(name)) throw new HttpError(400, `name: expected a lowercase DNS label, found ${JSON.stringify(name)}`);
+    if (m[2]) {
+      if (req.method !== "POST") throw new HttpError(405, `${req.method} is not allowed on ${url.pathname}`);
+      const body = await readBody(req);
+      try {
+        if (m[2] === "/incoming") {
+          const problem = checkVmSpec(body);
+          if (problem) throw new HttpError(400, problem);
+          return [200, await agent.incoming(name, body as VmSpec)];
+        }
+        const target = (body as { target?: unknown })?.target;
+        if (typeof target !== "string" || !/^tcp:127\.0\.0\.1:[0-9]{1,5}$/.test(target))
+          throw new HttpError(400, "target: expected tcp:127.0.0.1:<port> (a migration target on this machine)");
+        return [200, await agent.migrate(name, target)];
+      } catch (err) {
+        if (err instanceof HttpError) throw err;
+        const msg = (err as Error).message;
+        throw new HttpError(/^(config|hypervisor)/.test(msg) ? 400 : /^conflict/.test(msg) ? 409 : /^not found/.test(msg) ? 404 : 500, msg);
+      }
+    }
     switch (req.method) {
       case "GET": {
         const vm = agent.get(name);

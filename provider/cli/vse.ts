@@ -7,7 +7,7 @@ import * as path from "path";
 import { stringify } from "yaml";
 import { DefinitionError, DefinitionProblem, formatProblem } from "../model/errors";
 import { collectFiles, isPulumiProjectFile, loadDefinitions } from "../model/load";
-import { Policy, vmChange } from "../model/lifecycle";
+import { Policy, vmEffectiveChange } from "../model/lifecycle";
 import { resolveClusters } from "../model/resolve";
 import { hostKernel } from "../image/busybox";
 import { ClusterPlan, DEFAULT_CACHE_DIR, offlineAgentInputs, PlanOptions, planClusters, VmPlan, vmInputs } from "../program/plan";
@@ -230,7 +230,7 @@ async function render(positional: string[], options: Map<OptionName, string>, io
 
 // ---- plan
 
-export type PlanAction = "create" | "update in place" | "restart" | "replace" | "delete" | "no change";
+export type PlanAction = "create" | "update in place" | "restart" | "migrate" | "replace" | "delete" | "no change";
 
 export interface VmPlanRow {
   vm: string;
@@ -242,7 +242,7 @@ export interface VmPlanRow {
   diff: string;
 }
 
-const ACTION_OF: Record<Policy, PlanAction> = { "in-place": "update in place", restart: "restart", replace: "replace" };
+const ACTION_OF: Record<Policy, PlanAction> = { "in-place": "update in place", restart: "restart", migrate: "migrate", replace: "replace" };
 
 /** Compares two plans VM by VM, with the same inputs and policies as the provider's diff. */
 export function comparePlans(base: ClusterPlan[], head: ClusterPlan[]): VmPlanRow[] {
@@ -265,7 +265,9 @@ export function comparePlans(base: ClusterPlan[], head: ClusterPlan[]): VmPlanRo
     const b: Record<string, unknown> = vmInputs(n.c.model, n.p, offlineAgentInputs(n.c.model, n.p));
     // The same comparison as the provider's vmDiff.
     const changed = Object.keys(b).filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
-    const { policy } = vmChange(changed);
+    // The cluster is replaced (new agents) when its allocation changes, as VirtualCluster's diff says.
+    const agentsReplaced = JSON.stringify(o.c.model.allocation) !== JSON.stringify(n.c.model.allocation) || o.c.model.name !== n.c.model.name;
+    const { policy } = vmEffectiveChange(changed, { hypervisor: n.p.vm.profile.hypervisor, agentsReplaced });
     const oldLabel = `${name}.${o.p.vm.profile.hypervisor}.conf`;
     rows.push({
       vm: name,

@@ -52,7 +52,7 @@ class QemuOps implements DriverOps {
     if (this.pid(name) !== undefined) return;
     const p = this.paths(name);
     const config = this.config(name);
-    const child = opts.incoming ? this.spawnIncoming(config, p, opts.incoming) : startQemu(config, p);
+    const child = startQemu(config, p, opts.incoming ? ["-incoming", opts.incoming] : []);
     let exited = false;
     child.once("exit", () => (exited = true));
     const deadline = Date.now() + 10000;
@@ -70,29 +70,6 @@ class QemuOps implements DriverOps {
     if (exited || this.pid(name) === undefined) {
       const err = fs.existsSync(p.stderr) ? fs.readFileSync(p.stderr, "utf8").trim().split("\n").slice(-3).join(" | ") : "";
       throw new Error(`qemu: VM ${name} failed to start${err ? `: ${err}` : ""}`);
-    }
-  }
-
-  /** Like startQemu, plus -incoming, which a rendered config may not carry (the agent owns it). */
-  private spawnIncoming(config: string, p: VmPaths, uri: string) {
-    const execa = require("execa") as typeof import("execa");
-    fs.mkdirSync(p.dir, { recursive: true });
-    for (const f of [p.qmp, p.pidfile]) fs.rmSync(f, { force: true });
-    const errFd = fs.openSync(p.stderr, "w");
-    try {
-      const child = execa(QEMU_BINARY, [...qemuArgs(config, p), "-incoming", uri], {
-        detached: true,
-        stdin: "ignore",
-        stdout: errFd,
-        stderr: errFd,
-        cleanup: false,
-        reject: false,
-        buffer: false,
-      });
-      child.catch(() => undefined);
-      return child;
-    } finally {
-      fs.closeSync(errFd);
     }
   }
 

@@ -72,13 +72,13 @@ export function qemuArgs(config: string, paths: VmPaths): string[] {
 }
 
 /** Starts QEMU detached from the agent, so an agent restart does not take its VMs down. */
-export function startQemu(config: string, paths: VmPaths): ChildProcess {
+export function startQemu(config: string, paths: VmPaths, extraArgs: string[] = []): ChildProcess {
   const execa = require("execa") as typeof import("execa");
   fs.mkdirSync(paths.dir, { recursive: true });
   for (const f of [paths.qmp, paths.pidfile]) fs.rmSync(f, { force: true });
   const errFd = fs.openSync(paths.stderr, "w");
   try {
-    const child = execa(QEMU_BINARY, qemuArgs(config, paths), {
+    const child = execa(QEMU_BINARY, [...qemuArgs(config, paths), ...extraArgs], {
       detached: true,
       stdin: "ignore",
       stdout: errFd,

@@ -3,9 +3,10 @@
 //
 //   in-place  applied without touching the running guest
 //   restart   the VM's QEMU process is restarted with the new config
+//   migrate   the running VM moves live to another host's agent (QEMU); elsewhere a replace
 //   replace   the VM is deleted and created anew (new image, new identity)
 
-export type Policy = "in-place" | "restart" | "replace";
+export type Policy = "in-place" | "restart" | "migrate" | "replace";
 
 export interface FieldRule {
   policy: Policy;
@@ -68,6 +69,11 @@ export const LIFECYCLE: Record<string, FieldRule> = {
   "VirtualCluster.spec.network": { policy: "replace", vmInput: "imageId", why: "the image gains the NIC driver and network set-up, and the VM a NIC" },
   "VirtualCluster.spec.overrides.vm": { policy: "restart", vmInput: "config", why: "per changed field, as below" },
   "VirtualCluster.spec.overrides.memory": { policy: "restart", vmInput: "memoryMiB", why: "QEMU sizes guest RAM at start" },
+  "VirtualCluster.spec.overrides.host": {
+    policy: "migrate",
+    vmInput: "host",
+    why: "QEMU live migration to the other host's agent (replace for hypervisors without it)",
+  },
   "VirtualCluster.spec.overrides.vcpus": { policy: "restart", vmInput: "vcpus", why: "QEMU creates vCPUs at start" },
 };
 
@@ -75,7 +81,8 @@ export const LIFECYCLE: Record<string, FieldRule> = {
 export const VM_INPUT_POLICY: Record<VmInputKey, Policy> = {
   cluster: "replace",
   vmName: "replace",
-  host: "replace",
+  // With its host, a VM's agent changes too: that agentUrl change is the migration, not a replace.
+  host: "migrate",
   agentUrl: "replace",
   token: "in-place",
   hypervisor: "replace",
@@ -93,15 +100,32 @@ export const VM_INPUT_POLICY: Record<VmInputKey, Policy> = {
   jobTimeoutSeconds: "in-place",
 };
 
-const RANK: Record<Policy, number> = { "in-place": 0, restart: 1, replace: 2 };
+const RANK: Record<Policy, number> = { "in-place": 0, restart: 1, migrate: 2, replace: 3 };
 
 export function strongest(policies: Policy[]): Policy | undefined {
   return policies.sort((a, b) => RANK[b] - RANK[a])[0];
 }
 
+/** Hypervisors whose VMs can move live between hosts; elsewhere a change of host replaces the VM. */
+export const MIGRATABLE_HYPERVISORS = ["qemu"];
+
+/**
+ * What a change does to one VM, in context: a migration needs a hypervisor
+ * that migrates and agents that survive the change (not a replaced cluster).
+ * The provider's diff and `vse plan` both decide with this.
+ */
+export function vmEffectiveChange(changed: string[], ctx: { hypervisor: string; agentsReplaced: boolean }): { policy?: Policy; replaces: string[] } {
+  const c = vmChange(changed);
+  if (c.policy === "migrate" && (ctx.agentsReplaced || !MIGRATABLE_HYPERVISORS.includes(ctx.hypervisor)))
+    return { policy: "replace", replaces: [...c.replaces, "host"] };
+  if (ctx.agentsReplaced && !c.replaces.includes("agentUrl")) return { policy: "replace", replaces: [...c.replaces, "agentUrl"] };
+  return c;
+}
+
 /** What a change of the given VM inputs does to the VM. */
 export function vmChange(changed: string[]): { policy?: Policy; replaces: string[] } {
-  const known = changed.filter((k): k is VmInputKey => k in VM_INPUT_POLICY);
+  // A new agent URL that comes with a new host is where the VM migrates to.
+  const known = changed.filter((k): k is VmInputKey => k in VM_INPUT_POLICY && !(k === "agentUrl" && changed.includes("host")));
   return {
     policy: strongest(known.map((k) => VM_INPUT_POLICY[k])),
     replaces: known.filter((k) => VM_INPUT_POLICY[k] === "replace"),

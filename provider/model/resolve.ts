@@ -151,6 +151,8 @@ function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: D
   (s.overrides ?? []).forEach((o, i) => {
     if (o.vm >= nodes) problem(["spec", "overrides", i, "vm"], `expected a VM index below ${nodes} (nodes), found ${o.vm}`);
     if (seen.has(o.vm)) problem(["spec", "overrides", i, "vm"], `VM ${o.vm} is overridden twice`);
+    if (o.host !== undefined && o.host >= hosts)
+      problem(["spec", "overrides", i, "host"], `expected a host index below ${hosts} (allocation.hosts), found ${o.host}`);
     seen.add(o.vm);
   });
   const vms: VmModel[] = [];
@@ -161,7 +163,7 @@ function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: D
     vms.push({
       name: `${name}-${i}`,
       index: i,
-      host: i % hosts,
+      host: o?.host ?? i % hosts,
       profile: { ...profile, memoryMiB: memory(o?.memory, profile.memoryMiB, where, problems), vcpus: o?.vcpus ?? profile.vcpus },
     });
   }

@@ -167,7 +167,7 @@ export interface VirtualCluster {
       hosts?: number;
     };
     /**
-     * Per-VM changes to the profile, by VM index.
+     * Per-VM changes to the profile and placement, by VM index.
      *
      * @maxItems 256
      */
@@ -184,6 +184,10 @@ export interface VirtualCluster {
        * Virtual CPUs for this VM.
        */
       vcpus?: number;
+      /**
+       * The host (node agent index, 0-based, below allocation.hosts) this VM runs on, instead of its index mod hosts. Changing it live-migrates a running QEMU VM to the other host's agent.
+       */
+      host?: number;
     }[];
     /**
      * The cluster's private network. 'none' (default): the VMs have no NIC. 'private': every VM gets one virtio NIC with a deterministic, locally administered MAC, on a network that only this cluster's VMs share (QEMU's socket backend in multicast mode, bound to 127.0.0.1: every host of the cluster must be this machine, as with manager 'local'); VM i has the address 10.77.x.y/16 with x.y = i+1 (given to the guest as vse.ip=... on its kernel command line) and no route outside the cluster.

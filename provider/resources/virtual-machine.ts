@@ -1,5 +1,5 @@
 import * as pulumi from "@pulumi/pulumi";
-import type { VmView } from "../agent/protocol";
+import type { VmSpec, VmView } from "../agent/protocol";
 
 /** Inputs of one VM; every key has a policy in provider/model/lifecycle.ts (VM_INPUT_POLICY). */
 export interface VirtualMachineInputs {
@@ -57,9 +57,15 @@ const INPUT_KEYS: (keyof VirtualMachineInputs)[] = [
 ];
 
 const STOP_GRACE_SECONDS = 1;
+/** How the engine passes a value not known yet (e.g. an output of a resource being replaced) to a dynamic provider. */
+const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+function specOf(inputs: VirtualMachineInputs): VmSpec {
+  return { hypervisor: inputs.hypervisor, config: inputs.config, markers: inputs.markers, stopGraceSeconds: STOP_GRACE_SECONDS, afterJob: inputs.afterJob };
 }
 
 function statusOf(v: VmView): string {
@@ -87,13 +93,7 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
   const client = new AgentClient(inputs.agentUrl, inputs.token);
   const t0 = Date.now();
   const before = await client.getVm(inputs.vmName);
-  const view = await client.putVm(inputs.vmName, {
-    hypervisor: inputs.hypervisor,
-    config: inputs.config,
-    markers: inputs.markers,
-    stopGraceSeconds: STOP_GRACE_SECONDS,
-    afterJob: inputs.afterJob,
-  });
+  const view = await client.putVm(inputs.vmName, specOf(inputs));
   const restarted = !before || view.observed.starts !== before.observed.starts;
   if (!restarted && previous) return outputsFrom(inputs, view, previous.jobSeconds);
 
@@ -124,15 +124,51 @@ export async function vmCreate(inputs: VirtualMachineInputs): Promise<pulumi.dyn
 }
 
 export async function vmDiff(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<pulumi.dynamic.DiffResult> {
-  const { vmChange } = require("../model/lifecycle") as typeof import("../model/lifecycle");
+  const { vmEffectiveChange } = require("../model/lifecycle") as typeof import("../model/lifecycle");
   const changed = INPUT_KEYS.filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
-  const { replaces } = vmChange(changed);
+  // An agent URL not known yet (in a preview) means the cluster's agents are being replaced.
+  const agentsReplaced = (news.agentUrl as string) === UNKNOWN;
+  const { replaces } = vmEffectiveChange(changed, { hypervisor: news.hypervisor, agentsReplaced });
   // Drift found by refresh (the VM died or vanished) is repaired by an update.
   const drifted = !["running", "completed"].includes(olds.status);
   return { changes: changed.length > 0 || drifted, replaces, deleteBeforeReplace: replaces.length > 0 };
 }
 
+/** Moves the running VM to its new host's agent without a reboot (QEMU live migration); the job's result stays what it was. */
+async function migrate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<VirtualMachineOutputs> {
+  const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
+  const source = new AgentClient(olds.agentUrl, olds.token);
+  const target = new AgentClient(news.agentUrl, news.token);
+  const spec = specOf(news);
+  const landing = await target.incoming(news.vmName, spec);
+  try {
+    const m = await source.migrate(news.vmName, landing.observed.incoming!);
+    const v = await target.putVm(news.vmName, spec);
+    return {
+      ...outputsFrom(news, v, olds.jobSeconds),
+      jobOutput: olds.jobOutput,
+      jobExitCode: olds.jobExitCode,
+      message: `migrated from host ${olds.host} in ${m.totalMs} ms (downtime ${m.downtimeMs} ms)`,
+    };
+  } catch (err) {
+    // The VM still runs on the source when a migration fails: drop the waiting target.
+    await target.deleteVm(news.vmName).catch(() => undefined);
+    throw err;
+  }
+}
+
 export async function vmUpdate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<pulumi.dynamic.UpdateResult> {
+  const { vmChange } = require("../model/lifecycle") as typeof import("../model/lifecycle");
+  const changed = INPUT_KEYS.filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+  if (vmChange(changed).policy === "migrate") {
+    // A running guest whose config is otherwise unchanged moves live; anything else starts afresh on the new host.
+    const onlyPlacement = changed.every((k) => ["host", "agentUrl", "token", "jobTimeoutSeconds"].includes(k));
+    if (olds.status === "running" && onlyPlacement) return { outs: await migrate(olds, news) };
+    const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
+    const outs = await apply(news);
+    await new AgentClient(olds.agentUrl, olds.token).deleteVm(olds.vmName).catch(() => undefined);
+    return { outs };
+  }
   return { outs: await apply(news, olds) };
 }
 

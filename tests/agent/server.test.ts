@@ -96,10 +96,22 @@ test("malformed requests get 400 with a message naming the field, and the agent 
       JSON.stringify({ hypervisor: "qemu", config: "-name vm-a", markers: { begin: "a", end: "b" }, stopGraceSeconds: 1, afterJob: "later" }),
       /^afterJob: expected "stay-up" or "power-off"/,
     ],
+    ["POST", "/v1/vms/vm-a/migrate", JSON.stringify({ target: "tcp:10.0.0.1:4444" }), /^target: expected tcp:127\.0\.0\.1:<port>/],
+    [
+      "POST",
+      "/v1/vms/vm-a/incoming",
+      JSON.stringify({
+        hypervisor: "libvirt",
+        config: "<domain><name>vm-a</name><devices><serial type='file'><source path='/tmp/c'/></serial></devices></domain>",
+        markers: { begin: "a", end: "b" },
+        stopGraceSeconds: 1,
+      }),
+      /^hypervisor: live migration needs "qemu"/,
+    ],
     ["GET", "/v1/vms/Bad_Name", "", /^name: expected a lowercase DNS label/],
   ];
   for (const [method, p, body, message] of cases) {
-    const res = await raw(method, p, { token, body: method === "PUT" ? body : undefined });
+    const res = await raw(method, p, { token, body: method === "GET" ? undefined : body });
     expect({ p, body, status: res.status }).toEqual({ p, body, status: 400 });
     expect(res.body.error).toMatch(message);
   }

@@ -14,6 +14,7 @@ const ENGINE_OP: Record<PlanAction, string> = {
   create: "create",
   "update in place": "update",
   restart: "update",
+  migrate: "update",
   replace: "replace",
   delete: "delete",
   "no change": "same",

@@ -123,7 +123,7 @@ test("a real Debian VSE: mmdebstrap builds it, QEMU boots it, the job uses a lis
   expect(fs.statSync(img.initrd).mtimeMs).toBe(mtime);
   expect(fs.readdirSync(path.join(cache, "images")).filter((f) => !f.startsWith("."))).toEqual([img.id]);
   // The Environment resource builds through the same dispatch: it finds the Debian image, and would refuse any other id.
-  const created = await envCreate({ spec: bc, imageId: img.id, cacheDir: cache });
+  const created = await envCreate({ spec: bc, imageId: img.id, cacheDir: cache, extras: null });
   expect(created.outs).toMatchObject({ kernel: img.kernel, initrd: img.initrd, built: false, present: true });
 
   // The unpacked tree lives in guest RAM (see spec.base), so this VM gets 512 MiB.

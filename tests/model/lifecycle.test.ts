@@ -1,6 +1,6 @@
 import * as fs from "fs";
 import * as path from "path";
-import { LIFECYCLE, VM_INPUT_POLICY, vmChange } from "../../provider/model/lifecycle";
+import { LIFECYCLE, VM_INPUT_POLICY, vmChange, vmEffectiveChange } from "../../provider/model/lifecycle";
 import { vmDiff, VirtualMachineOutputs } from "../../provider/resources/virtual-machine";
 
 const SCHEMA_DIR = path.join(__dirname, "..", "..", "schema");
@@ -58,6 +58,15 @@ test("the strongest policy of the changed inputs wins", () => {
   expect(vmChange(["memoryMiB", "imageId", "config"])).toEqual({ policy: "replace", replaces: ["imageId"] });
 });
 
+test("a new host migrates a QEMU VM, but replaces it where migration cannot happen", () => {
+  expect(vmChange(["host", "agentUrl"])).toEqual({ policy: "migrate", replaces: [] });
+  expect(vmEffectiveChange(["host", "agentUrl"], { hypervisor: "qemu", agentsReplaced: false })).toEqual({ policy: "migrate", replaces: [] });
+  expect(vmEffectiveChange(["host", "agentUrl"], { hypervisor: "libvirt", agentsReplaced: false })).toEqual({ policy: "replace", replaces: ["host"] });
+  expect(vmEffectiveChange(["host", "agentUrl"], { hypervisor: "qemu", agentsReplaced: true })).toEqual({ policy: "replace", replaces: ["host"] });
+  // Without a new host, a new agent means new agents: a replace.
+  expect(vmEffectiveChange(["agentUrl"], { hypervisor: "qemu", agentsReplaced: true })).toEqual({ policy: "replace", replaces: ["agentUrl"] });
+});
+
 describe("the VirtualMachine diff reads the table", () => {
   const base = {
     cluster: "c",
@@ -91,6 +100,11 @@ describe("the VirtualMachine diff reads the table", () => {
   });
   test("a new image replaces, deleting first so the name is free on the agent", async () => {
     expect(await vmDiff(olds, { ...base, imageId: "j" })).toEqual({ changes: true, replaces: ["imageId"], deleteBeforeReplace: true });
+  });
+  test("a new host is an update (a live migration); with the cluster's agents being replaced it is a replace", async () => {
+    expect(await vmDiff(olds, { ...base, host: 1, agentUrl: "http://127.0.0.1:2" })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+    const unknown = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
+    expect(await vmDiff(olds, { ...base, host: 1, agentUrl: unknown })).toEqual({ changes: true, replaces: ["host"], deleteBeforeReplace: true });
   });
   test("drift seen by refresh is repaired by an update", async () => {
     expect(await vmDiff({ ...olds, status: "failed" }, base)).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
