@@ -157,6 +157,16 @@ export function checkPolicy(defs: Definitions, policy: Located<SitePolicy>, clus
         `allows only bases matching ${spec.allowedBases.map((p) => `"${p}"`).join(", ")}`,
       );
     }
+    const mirror = c.environment.debian?.mirror;
+    if (mirror !== undefined && spec.allowedMirrors && !matchesAny(mirror, spec.allowedMirrors)) {
+      violation(
+        env,
+        ["spec", "debian", "mirror"],
+        `mirror "${mirror}"`,
+        ["spec", "allowedMirrors"],
+        `allows only mirrors matching ${spec.allowedMirrors.map((p) => `"${p}"`).join(", ")}`,
+      );
+    }
     c.environment.kernelArgs.forEach((arg, i) => {
       const j = (spec.forbiddenKernelArgs ?? []).findIndex((p) => globToRegExp(p).test(arg));
       if (j >= 0)

@@ -320,5 +320,12 @@ export interface SitePolicy {
      * @maxItems 64
      */
     forbiddenKernelArgs?: string[];
+    /**
+     * Glob patterns for the Debian mirrors images may be built from (Environment spec.debian.mirror, e.g. "http://deb.debian.org/*" or a site mirror). Unset means any.
+     *
+     * @minItems 1
+     * @maxItems 64
+     */
+    allowedMirrors?: [string, ...string[]];
   };
 }

@@ -125,6 +125,14 @@ describe("site policy limits", () => {
     expect(p.message).toContain('"debian:*"');
   });
 
+  test("a Debian mirror outside the allowed package sources", () => {
+    const env = ENV.replace("spec:\n", "spec:\n  base: debian\n  debian:\n    packages: [bc]\n    mirror: http://mirror.example.org/debian\n");
+    const files = { ...base, "env.yaml": env, "profile.yaml": PROFILE, "policy.yaml": policy('  allowedMirrors: ["http://deb.debian.org/*"]\n') };
+    const p = expectViolation(files, "env.yaml", "mirror: http", "spec.allowedMirrors", "allowedMirrors");
+    expect(p.field).toBe("spec.debian.mirror");
+    expect(p.message).toContain('mirror "http://mirror.example.org/debian"');
+  });
+
   test("a forbidden kernel parameter names the matching pattern", () => {
     const env = ENV + "  kernelArgs: [quiet, init=/bin/sh]\n";
     const files = { ...base, "env.yaml": env, "profile.yaml": PROFILE, "policy.yaml": policy('  forbiddenKernelArgs: ["nokaslr", "init=*"]\n') };
