@@ -93,3 +93,20 @@ test("fewer hosts and nodes: the cluster is replaced, so its remaining VM is rep
   expect(plan["local-cluster-1"]).toBe("delete");
   expectAgreement(plan, await previewOps());
 });
+
+test("switching only the profile's hypervisor replaces exactly the VMs of that profile, in both", async () => {
+  const file = path.join(t.defsDir, "cluster.yaml");
+  fs.writeFileSync(file, exampleDefinitions().replace("hypervisor: qemu", "hypervisor: libvirt"));
+  const plan = await vsePlan();
+  expect(plan).toEqual({ "local-cluster-0": "replace", "local-cluster-1": "replace" });
+  expectAgreement(plan, await previewOps());
+  // Nothing else is replaced: the environment and the cluster stay, the profile record is updated in place.
+  const others: Record<string, string> = {};
+  await t.stack.preview({
+    onEvent: (e: EngineEvent) => {
+      const m = e.resourcePreEvent?.metadata;
+      if (m && m.type !== "pulumi-nodejs:dynamic/vse:VirtualMachine") others[m.urn.split("::").pop()!] = m.op;
+    },
+  });
+  expect(others).toEqual(expect.objectContaining({ "busybox-sum": "same", "local-cluster": "same", "compute-small": "update" }));
+});
