@@ -8,7 +8,7 @@ import { qmpCommand } from "../drivers/qmp";
 import * as net from "net";
 
 /** A free TCP port on 127.0.0.1, for a migration target to listen on. */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.on("error", reject);

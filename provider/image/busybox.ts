@@ -203,6 +203,17 @@ function initramfs(env: EnvironmentModel, markers: JobMarkers, extras?: ImageExt
   return zlib.gzipSync(cpioArchive(entries), { level: 6 });
 }
 
+/** Moves a finished image from its temp dir into the cache in one rename, so a reader never sees half an image. */
+export function publishImage(tmp: string, dir: string): void {
+  try {
+    fs.renameSync(tmp, dir);
+  } catch (err) {
+    // Another build of the same content won the race: theirs is as good as ours.
+    if (!fs.existsSync(path.join(dir, "image.json"))) throw err;
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
 /** Builds the image into the cache unless it is there already; returns where it is. */
 export function buildImage(env: EnvironmentModel, cacheDir: string, kernel: KernelInfo = hostKernel(), extras?: ImageExtras): ImageRef & { built: boolean } {
   const id = imageId(env, kernel, extras);
@@ -216,13 +227,7 @@ export function buildImage(env: EnvironmentModel, cacheDir: string, kernel: Kern
     fs.writeFileSync(path.join(tmp, "initrd.img"), initramfs(env, markersFor(id), extras, kernel));
     const meta = { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, ...(extras ? { extras } : {}) };
     fs.writeFileSync(path.join(tmp, "image.json"), JSON.stringify(meta, null, 2));
-    try {
-      fs.renameSync(tmp, dir);
-    } catch (err) {
-      // Another build of the same content won the race: theirs is as good as ours.
-      if (!fs.existsSync(path.join(dir, "image.json"))) throw err;
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
+    publishImage(tmp, dir);
   } catch (err) {
     fs.rmSync(tmp, { recursive: true, force: true });
     throw err;

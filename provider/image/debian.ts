@@ -16,7 +16,7 @@ import * as path from "path";
 import * as zlib from "zlib";
 import type { DebianModel, EnvironmentModel } from "../model/resolve";
 import type { ImageRef } from "../render/render";
-import { BUSYBOX, fileDigest, hostKernel, imageRef, initScript, KernelInfo, markersFor } from "./busybox";
+import { BUSYBOX, fileDigest, hostKernel, imageRef, initScript, KernelInfo, markersFor, publishImage } from "./busybox";
 import { cpioArchive, CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG } from "./cpio";
 
 /** Bumped whenever the build, the layout or the init changes, so old cache entries are not reused. */
@@ -181,13 +181,7 @@ export async function buildDebianImage(env: EnvironmentModel, cacheDir: string, 
     fs.rmSync(root, { recursive: true, force: true });
     const meta = { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, mmdebstrapSeconds, installed: packages };
     fs.writeFileSync(path.join(tmp, "image.json"), JSON.stringify(meta, null, 2));
-    try {
-      fs.renameSync(tmp, dir);
-    } catch (err) {
-      // Another build of the same content won the race: theirs is as good as ours.
-      if (!fs.existsSync(path.join(dir, "image.json"))) throw err;
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
+    publishImage(tmp, dir);
     return { ...ref, built: true, mmdebstrapSeconds };
   } catch (err) {
     fs.rmSync(tmp, { recursive: true, force: true });

@@ -1,5 +1,4 @@
 import * as fs from "fs";
-import * as net from "net";
 import { parseJob } from "../../provider/agent/agent";
 import type { JobResult } from "../../provider/agent/protocol";
 import type { EnvironmentModel, ProfileModel, VmModel } from "../../provider/model/resolve";
@@ -51,13 +50,4 @@ export async function waitFor<T>(what: string, probe: () => T | undefined | fals
   }
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from "../../provider/agent/agent";
