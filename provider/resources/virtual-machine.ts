@@ -102,19 +102,31 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
   for (;;) {
     if (v?.job.state === "done") return outputsFrom(inputs, v, (Date.now() - t0) / 1000);
     if (v && (v.observed.state === "failed" || v.observed.state === "exited" || v.observed.state === "stopped")) {
-      throw await fail(client, inputs, v, `VM ${inputs.vmName} ended before its job reported a result: ${v.observed.message ?? v.observed.state}`);
+      throw await fail(client, inputs, v, `VM ${inputs.vmName} ended before its job reported a result: ${v.observed.message ?? v.observed.state}`, !previous);
     }
     if (Date.now() > deadline) {
-      throw await fail(client, inputs, v, `VM ${inputs.vmName}: no job result within ${inputs.jobTimeoutSeconds} s (Environment spec.job.timeoutSeconds)`);
+      throw await fail(
+        client,
+        inputs,
+        v,
+        `VM ${inputs.vmName}: no job result within ${inputs.jobTimeoutSeconds} s (Environment spec.job.timeoutSeconds)`,
+        !previous,
+      );
     }
     await sleep(100);
     v = await client.getVm(inputs.vmName);
   }
 }
 
-async function fail(client: import("../agent/client").AgentClient, inputs: VirtualMachineInputs, v: VmView | undefined, message: string): Promise<Error> {
-  // A failed create must not leave an orphan VM behind on the agent.
-  await client.deleteVm(inputs.vmName).catch(() => undefined);
+async function fail(
+  client: import("../agent/client").AgentClient,
+  inputs: VirtualMachineInputs,
+  v: VmView | undefined,
+  message: string,
+  creating: boolean,
+): Promise<Error> {
+  // A failed create must not leave an orphan behind on the agent; a failed update stays in the state, and refresh shows it.
+  if (creating) await client.deleteVm(inputs.vmName).catch(() => undefined);
   const tail = v?.consoleTail ? `\nlast console lines:\n${v.consoleTail}` : "";
   return new Error(message + tail);
 }
