@@ -203,8 +203,25 @@ function initramfs(env: EnvironmentModel, markers: JobMarkers, extras?: ImageExt
   return zlib.gzipSync(cpioArchive(entries), { level: 6 });
 }
 
-/** Moves a finished image from its temp dir into the cache in one rename, so a reader never sees half an image. */
-export function publishImage(tmp: string, dir: string): void {
+/**
+ * An image's place in the cache: where it goes, whether it is there complete
+ * (its image.json is written last), and, when not, a fresh temp dir beside it
+ * to build in, so that publishImage can move it in with one rename.
+ */
+export function imageSlot(
+  cacheDir: string,
+  id: string,
+): { ref: ImageRef; dir: string; cached: true } | { ref: ImageRef; dir: string; cached: false; tmp: string } {
+  const ref = imageRef(cacheDir, id);
+  const dir = path.dirname(ref.kernel);
+  if (fs.existsSync(path.join(dir, "image.json"))) return { ref, dir, cached: true };
+  fs.mkdirSync(path.dirname(dir), { recursive: true });
+  return { ref, dir, cached: false, tmp: fs.mkdtempSync(path.join(path.dirname(dir), `.${id.slice(0, 12)}-`)) };
+}
+
+/** Writes the image's metadata and moves it from its temp dir into the cache in one rename, so a reader never sees half an image. */
+export function publishImage(tmp: string, dir: string, meta: object): void {
+  fs.writeFileSync(path.join(tmp, "image.json"), JSON.stringify(meta, null, 2));
   try {
     fs.renameSync(tmp, dir);
   } catch (err) {
@@ -217,17 +234,13 @@ export function publishImage(tmp: string, dir: string): void {
 /** Builds the image into the cache unless it is there already; returns where it is. */
 export function buildImage(env: EnvironmentModel, cacheDir: string, kernel: KernelInfo = hostKernel(), extras?: ImageExtras): ImageRef & { built: boolean } {
   const id = imageId(env, kernel, extras);
-  const ref = imageRef(cacheDir, id);
-  const dir = path.dirname(ref.kernel);
-  if (fs.existsSync(path.join(dir, "image.json"))) return { ...ref, built: false };
-  fs.mkdirSync(path.dirname(dir), { recursive: true });
-  const tmp = fs.mkdtempSync(path.join(path.dirname(dir), `.${id.slice(0, 12)}-`));
+  const slot = imageSlot(cacheDir, id);
+  if (slot.cached) return { ...slot.ref, built: false };
+  const { ref, dir, tmp } = slot;
   try {
     fs.copyFileSync(kernel.path, path.join(tmp, "vmlinuz"));
     fs.writeFileSync(path.join(tmp, "initrd.img"), initramfs(env, markersFor(id), extras, kernel));
-    const meta = { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, ...(extras ? { extras } : {}) };
-    fs.writeFileSync(path.join(tmp, "image.json"), JSON.stringify(meta, null, 2));
-    publishImage(tmp, dir);
+    publishImage(tmp, dir, { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, ...(extras ? { extras } : {}) });
   } catch (err) {
     fs.rmSync(tmp, { recursive: true, force: true });
     throw err;

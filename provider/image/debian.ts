@@ -16,7 +16,7 @@ import * as path from "path";
 import * as zlib from "zlib";
 import type { DebianModel, EnvironmentModel } from "../model/resolve";
 import type { ImageRef } from "../render/render";
-import { BUSYBOX, fileDigest, hostKernel, imageRef, initScript, KernelInfo, markersFor, publishImage } from "./busybox";
+import { BUSYBOX, fileDigest, hostKernel, initScript, KernelInfo, markersFor, imageSlot, publishImage } from "./busybox";
 import { cpioArchive, CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG } from "./cpio";
 
 /** Bumped whenever the build, the layout or the init changes, so old cache entries are not reused. */
@@ -156,12 +156,9 @@ export async function buildDebianImage(env: EnvironmentModel, cacheDir: string, 
   const execa = require("execa") as typeof import("execa");
   const d = checkDebian(env.debian);
   const id = debianImageId(env, kernel);
-  const ref = imageRef(cacheDir, id);
-  const dir = path.dirname(ref.kernel);
-  if (fs.existsSync(path.join(dir, "image.json"))) return { ...ref, built: false };
-  fs.mkdirSync(path.dirname(dir), { recursive: true });
-  // Next to the final directory, so the finished image is moved in by one rename.
-  const tmp = fs.mkdtempSync(path.join(path.dirname(dir), `.${id.slice(0, 12)}-`));
+  const slot = imageSlot(cacheDir, id);
+  if (slot.cached) return { ...slot.ref, built: false };
+  const { ref, dir, tmp } = slot;
   try {
     const root = path.join(tmp, "rootfs");
     const t0 = Date.now();
@@ -179,9 +176,7 @@ export async function buildDebianImage(env: EnvironmentModel, cacheDir: string, 
     fs.copyFileSync(kernel.path, path.join(tmp, "vmlinuz"));
     fs.writeFileSync(path.join(tmp, "initrd.img"), initramfs(root, env, id));
     fs.rmSync(root, { recursive: true, force: true });
-    const meta = { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, mmdebstrapSeconds, installed: packages };
-    fs.writeFileSync(path.join(tmp, "image.json"), JSON.stringify(meta, null, 2));
-    publishImage(tmp, dir);
+    publishImage(tmp, dir, { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, mmdebstrapSeconds, installed: packages });
     return { ...ref, built: true, mmdebstrapSeconds };
   } catch (err) {
     fs.rmSync(tmp, { recursive: true, force: true });
