@@ -16,7 +16,7 @@ import type {
 import { hostKernel, imageRef, markersFor } from "./image/busybox";
 import { environmentImageId } from "./image";
 import { renderVmConfig } from "./render/render";
-import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, resolveAccel } from "./program/plan";
+import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, resolveAccel, vmInputs } from "./program/plan";
 import { Environment as EnvironmentResource } from "./resources/environment";
 import { VmProfile as VmProfileResource } from "./resources/vm-profile";
 import { VirtualCluster as VirtualClusterResource } from "./resources/virtual-cluster";
@@ -163,22 +163,14 @@ export class VirtualCluster extends pulumi.ComponentResource {
         new VirtualMachine(
           vm.name,
           {
-            cluster: name,
-            vmName: vm.name,
-            host: vm.host,
-            agentUrl: this.resource.agents.apply((agents) => agents[vm.host].url),
-            token: this.resource.token,
-            hypervisor: vm.profile.hypervisor,
-            imageId: env.imageId,
-            memoryMiB: vm.profile.memoryMiB,
-            vcpus: vm.profile.vcpus,
-            machine: vm.profile.machine,
+            // The same inputs as the YAML program declares (vmInputs), but accel and the config that follows it are Outputs here.
+            ...vmInputs(
+              m,
+              { vm, accel: "tcg", config: "", imageId: env.imageId, markers: markersFor(env.imageId) },
+              { agentUrl: this.resource.agents.apply((agents) => agents[vm.host].url), token: this.resource.token },
+            ),
             accel,
-            kernelArgs: m.environment.kernelArgs.join(" "),
             config: accel.apply((a) => renderVmConfig({ cluster: name, vm, image, accel: a, kernelArgs: m.environment.kernelArgs })),
-            markers: markersFor(env.imageId),
-            afterJob: m.environment.job.afterJob,
-            jobTimeoutSeconds: m.environment.job.timeoutSeconds,
           },
           { parent: this.resource, dependsOn: [env.resource, args.profile.resource] },
         ),
