@@ -2,7 +2,7 @@ import * as fs from "fs";
 import * as path from "path";
 import type { ChildProcess } from "child_process";
 import type { DriverOps } from "../drivers/driver";
-import { isQemuFor, startQemu, stopQemu, vmPaths, configVmName, parseQemuConfig } from "../drivers/qemu";
+import { isQemuFor, startQemu, stopQemu, vmPaths, configVmName, parseQemuConfig, waitForQmp } from "../drivers/qemu";
 import { JobResult, VmObserved, VmSpec, VmView } from "./protocol";
 import { qmpCommand } from "../drivers/qmp";
 import * as net from "net";
@@ -294,16 +294,7 @@ export class Agent {
       this.vms.set(name, e);
       await this.start(e, `tcp:127.0.0.1:${await freePort()}`);
       // QEMU listens for the migration once its monitor answers; the pidfile comes earlier.
-      const qmp = vmPaths(this.vmDir(name)).qmp;
-      for (let i = 0; ; i++) {
-        try {
-          await qmpCommand(qmp, "query-status", undefined, 1000);
-          break;
-        } catch (err) {
-          if (i >= 200 || !this.isRunning(e)) throw new Error(`VM ${name}: the migration target did not come up: ${(err as Error).message}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      }
+      if (!(await waitForQmp(vmPaths(this.vmDir(name)).qmp, () => this.isRunning(e)))) throw new Error(`VM ${name}: the migration target did not come up`);
       return this.view(e);
     });
   }

@@ -2,7 +2,7 @@ import * as fs from "fs";
 import * as path from "path";
 import type { RenderInput } from "../render/render";
 import { binaryOnPath, Driver, DriverOps, OpenOptions, renderFor, requireAvailable, Requirement, StartOptions, VmInstance, VmStatus } from "./driver";
-import { configVmName, isQemuFor, QEMU_BINARY, qemuArgs, qemuFacts, startQemu, stopQemu, VmPaths, vmPaths } from "./qemu";
+import { configVmName, isQemuFor, QEMU_BINARY, qemuArgs, qemuFacts, startQemu, stopQemu, VmPaths, vmPaths, waitForQmp } from "./qemu";
 import { qmpCommand } from "./qmp";
 
 const requirements: Requirement[] = [binaryOnPath(QEMU_BINARY, "qemu-system-x86")];
@@ -57,15 +57,7 @@ class QemuOps implements DriverOps {
     child.once("exit", () => (exited = true));
     const deadline = Date.now() + 10000;
     while (!fs.existsSync(p.pidfile) && !exited && Date.now() < deadline) await sleep(20);
-    // QMP answers once QEMU is fully set up; the pidfile comes slightly earlier.
-    while (!exited && Date.now() < deadline) {
-      try {
-        await qmpCommand(p.qmp, "query-status", undefined, 1000);
-        break;
-      } catch {
-        await sleep(50);
-      }
-    }
+    await waitForQmp(p.qmp, () => !exited, Math.max(0, deadline - Date.now()));
     child.unref();
     if (exited || this.pid(name) === undefined) {
       const err = fs.existsSync(p.stderr) ? fs.readFileSync(p.stderr, "utf8").trim().split("\n").slice(-3).join(" | ") : "";

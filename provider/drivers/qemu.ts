@@ -155,6 +155,24 @@ export async function stopQemu(pid: number, vmName: string, paths: VmPaths, grac
   await waitGone(pid, vmName, 5000);
 }
 
+/**
+ * Waits until QEMU's monitor answers, which is when it is fully set up (e.g.
+ * listening for an incoming migration); the pidfile comes slightly earlier.
+ * Returns false if the process ended or the deadline passed first.
+ */
+export async function waitForQmp(qmp: string, alive: () => boolean, timeoutMs = 10000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (alive() && Date.now() < deadline) {
+    try {
+      await qmpCommand(qmp, "query-status", undefined, 1000);
+      return true;
+    } catch {
+      await sleep(50);
+    }
+  }
+  return false;
+}
+
 /** Live facts from QMP, for drift detection: run state and guest memory. */
 export async function qemuFacts(paths: VmPaths): Promise<{ status: string; memoryMiB: number; vcpus: number }> {
   const status = (await qmpCommand(paths.qmp, "query-status")) as { status: string };
