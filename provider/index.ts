@@ -2,6 +2,7 @@
 // Pulumi TypeScript program instead of YAML. Every object is validated by the
 // same schema, references, units and site policy as the YAML definitions, and
 // declares the same dynamic resources as the YAML program (provider/program).
+import * as fs from "fs";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import { DefinitionError, DefinitionProblem } from "./model/errors";
@@ -13,9 +14,11 @@ import type {
   VirtualCluster as ClusterDefinition,
   VmProfile as ProfileDefinition,
 } from "./model/types.generated";
-import { hostKernel, imageRef, markersFor } from "./image/busybox";
+import { hostKernel, ImageExtras, imageRef, markersFor } from "./image/busybox";
 import { environmentImageId } from "./image";
+import { CLUSTER_NETWORK_EXTRAS, clusterKey, clusterNetwork, nicsFor } from "./drivers/network";
 import { renderVmConfig } from "./render/render";
+import { loadSitePolicy, sitePolicyFile as sitePolicyFileOf } from "./model/site-policy";
 import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, resolveAccel, vmInputs } from "./program/plan";
 import { Environment as EnvironmentResource } from "./resources/environment";
 import { VmProfile as VmProfileResource } from "./resources/vm-profile";
@@ -78,6 +81,23 @@ export class Environment extends pulumi.ComponentResource {
     this.resource = new EnvironmentResource(name, { spec: this.model, imageId: this.imageId, cacheDir: this.cacheDir, extras: null }, { parent: this });
     this.registerOutputs({ imageId: this.imageId });
   }
+
+  private withNetwork?: { resource: EnvironmentResource; imageId: string };
+
+  /**
+   * The image a cluster's VMs boot: this one, or with what the cluster adds to
+   * it (its private network), declared once per environment when a cluster
+   * first needs it, as the YAML program declares "<environment>+network".
+   */
+  imageFor(extras: ImageExtras | undefined): { resource: EnvironmentResource; imageId: string } {
+    if (!extras) return { resource: this.resource, imageId: this.imageId };
+    if (!this.withNetwork) {
+      const imageId = environmentImageId(this.model, hostKernel(), extras);
+      const resource = new EnvironmentResource(`${this.model.name}+network`, { spec: this.model, imageId, cacheDir: this.cacheDir, extras }, { parent: this });
+      this.withNetwork = { resource, imageId };
+    }
+    return this.withNetwork;
+  }
 }
 
 export interface VmProfileArgs {
@@ -103,18 +123,17 @@ export class VmProfile extends pulumi.ComponentResource {
   }
 }
 
-export interface VirtualClusterArgs {
+/** As `spec` of a YAML VirtualCluster (nodes, allocation, overrides, network, …), with the environment and profile as objects. */
+export interface VirtualClusterArgs extends Omit<ClusterDefinition["spec"], "environment" | "profile"> {
   environment: Environment;
   profile: VmProfile;
-  /** As the rest of `spec` of a YAML VirtualCluster: nodes, allocation, overrides. */
-  nodes?: number;
-  allocation?: ClusterDefinition["spec"]["allocation"];
-  overrides?: ClusterDefinition["spec"]["overrides"];
   description?: string;
   /** The site's policy, merged as for YAML definitions (defaults first, then limits). */
   policy?: SitePolicySpec;
   /** Root of the node agents' state (default ~/.local/state/vse-provider). */
   stateRoot?: string;
+  /** The site policy file the agents enforce (default <stateRoot>/site-policy.yaml when it exists, else the permissive local default). */
+  sitePolicyFile?: string;
 }
 
 /** A set of VMs of one environment and profile, one VirtualMachine resource per VM, parented to the cluster. */
@@ -125,40 +144,50 @@ export class VirtualCluster extends pulumi.ComponentResource {
 
   constructor(name: string, args: VirtualClusterArgs, opts?: pulumi.ComponentResourceOptions) {
     super("vse:index:VirtualCluster", name, {}, opts);
-    const spec: ClusterDefinition["spec"] = { environment: args.environment.definition.doc.metadata.name, profile: args.profile.definition.doc.metadata.name };
-    if (args.nodes !== undefined) spec.nodes = args.nodes;
-    if (args.allocation !== undefined) spec.allocation = args.allocation;
-    if (args.overrides !== undefined) spec.overrides = args.overrides;
-    const cluster = validated("VirtualCluster", name, spec, args.description, (d) => d.clusters);
+    // Every spec field passes through as written, so a field the schema gains reaches the model as from YAML.
+    const { environment: env, profile, description, policy, stateRoot, sitePolicyFile, ...rest } = args;
+    const fields = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
+    const spec: ClusterDefinition["spec"] = { ...fields, environment: env.definition.doc.metadata.name, profile: profile.definition.doc.metadata.name };
+    const cluster = validated("VirtualCluster", name, spec, description, (d) => d.clusters);
     const defs = emptyDefinitions();
-    defs.environments.set(spec.environment, args.environment.definition);
-    defs.profiles.set(spec.profile, args.profile.definition);
+    defs.environments.set(spec.environment, env.definition);
+    defs.profiles.set(spec.profile, profile.definition);
     defs.clusters.set(name, cluster);
-    if (args.policy)
+    if (policy)
       defs.policies!.set(
         "policy",
-        validated("SitePolicy", "policy", args.policy, undefined, (d) => d.policies!),
+        validated("SitePolicy", "policy", policy, undefined, (d) => d.policies!),
       );
-    this.model = resolveClusters(defs, { kernelRelease: () => hostKernel().release })[0];
+    const root = path.resolve(stateRoot ?? DEFAULT_STATE_DIR);
+    const siteFile = sitePolicyFile ? path.resolve(sitePolicyFile) : fs.existsSync(sitePolicyFileOf(root)) ? sitePolicyFileOf(root) : null;
+    // The site's policy (what the agents enforce) applies besides the one given here, which can only narrow it.
+    const sitePolicy = loadSitePolicy({ file: siteFile ?? undefined });
+    this.model = resolveClusters(defs, { kernelRelease: () => hostKernel().release, sitePolicy })[0];
 
+    // What the YAML program plans per cluster (planClusters in provider/program/plan.ts).
     const m = this.model;
-    const env = args.environment;
-    const image = imageRef(env.cacheDir, env.imageId);
+    const key = clusterKey(pulumi.getProject(), pulumi.getStack(), name);
+    const network = m.network === "private" ? clusterNetwork(key) : undefined;
+    const image = env.imageFor(network ? CLUSTER_NETWORK_EXTRAS : undefined);
     this.resource = new VirtualClusterResource(
       name,
       {
         name,
-        stateRoot: path.resolve(args.stateRoot ?? DEFAULT_STATE_DIR),
+        stateRoot: root,
         project: pulumi.getProject(),
         stack: pulumi.getStack(),
         manager: m.allocation.manager,
         hosts: m.allocation.hosts,
+        imageStore: path.join(env.cacheDir, "images"),
+        sitePolicyFile: siteFile,
       },
       { parent: this },
     );
     for (const vm of m.vms) {
       // accel 'auto' is resolved by a probe boot, as in the YAML program; the config follows it.
       const accel = pulumi.output(resolveAccel(vm.profile.accel, env.cacheDir));
+      // On a cluster network, the guest learns its address from its kernel command line.
+      const kernelArgs = network ? [...m.environment.kernelArgs, `vse.ip=${nicsFor(key, vm.index)[0].ipv4}/16`] : m.environment.kernelArgs;
       this.vms.push(
         new VirtualMachine(
           vm.name,
@@ -166,13 +195,13 @@ export class VirtualCluster extends pulumi.ComponentResource {
             // The same inputs as the YAML program declares (vmInputs), but accel and the config that follows it are Outputs here.
             ...vmInputs(
               m,
-              { vm, accel: "tcg", config: "", imageId: env.imageId, markers: markersFor(env.imageId) },
+              { vm, accel: "tcg", config: "", imageId: image.imageId, markers: markersFor(image.imageId) },
               { agentUrl: this.resource.agents.apply((agents) => agents[vm.host].url), token: this.resource.token },
             ),
             accel,
-            config: accel.apply((a) => renderVmConfig({ cluster: name, vm, image, accel: a, kernelArgs: m.environment.kernelArgs })),
+            config: accel.apply((a) => renderVmConfig({ cluster: name, clusterKey: key, vm, image: imageRef(image.imageId), accel: a, kernelArgs, network })),
           },
-          { parent: this.resource, dependsOn: [env.resource, args.profile.resource] },
+          { parent: this.resource, dependsOn: [image.resource, profile.resource] },
         ),
       );
     }

@@ -1,9 +1,21 @@
 #!/usr/bin/env node
 // Generates provider/model/types.generated.ts from schema/*.schema.json.
 // `--check` exits non-zero when the checked-in file differs (used by the tests).
+// Without --check it rewrites the file, which CI only checks: under CI=true it refuses.
 "use strict";
 const fs = require("fs");
 const path = require("path");
+const { refuseUnderCI } = require("../tests/support/regenerate");
+
+const check = process.argv.includes("--check");
+if (!check) {
+  try {
+    refuseUnderCI("scripts/gen-types.js (without --check)");
+  } catch (err) {
+    console.error(err.message);
+    process.exit(1);
+  }
+}
 const { compile } = require("json-schema-to-typescript");
 
 const root = path.resolve(__dirname, "..");
@@ -29,7 +41,7 @@ async function generate() {
 }
 generate().then(
   (text) => {
-    if (process.argv.includes("--check")) {
+    if (check) {
       const current = fs.existsSync(out) ? fs.readFileSync(out, "utf8") : "";
       if (current !== text) {
         console.error(`${path.relative(root, out)} is out of date: run npm run gen`);

@@ -8,6 +8,29 @@ cd "$(dirname "$0")/.."
 PULUMI_VERSION=v3.259.0
 CACHE_DIR="${VSE_CACHE_DIR:-$HOME/.cache/vse-provider}"
 log() { printf '[setup] %s\n' "$*" >&2; }
+elapsed() { local s=$(($(date +%s) - $1)); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
+# Runs "$@" in the foreground (Ctrl-C reaches it), printing "[setup] <what>… <elapsed>"
+# every 30 s until it ends, then how long it took; returns its exit status.
+with_progress() {
+  local what=$1 start ticker status=0
+  shift
+  start=$(date +%s)
+  (
+    trap 'kill $nap 2>/dev/null; exit 0' TERM
+    while kill -0 $$ 2>/dev/null; do
+      sleep 30 &
+      nap=$!
+      wait $nap
+      log "$what… $(elapsed "$start")"
+    done
+  ) &
+  ticker=$!
+  "$@" || status=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  if [ "$status" -eq 0 ]; then log "$what: done in $(elapsed "$start")"; else log "$what: failed after $(elapsed "$start")"; fi
+  return "$status"
+}
 
 # --- Debian packages ----------------------------------------------------------
 need_debs=()
@@ -46,16 +69,36 @@ fi
 engine_key=$(cat engine/go.mod engine/go.sum engine/tools.go engine/cmd/pulumi-language-nodejs/main.go | sha256sum | cut -c1-12)
 engine_bin="$CACHE_DIR/pulumi-engine/$PULUMI_VERSION-$engine_key/bin"
 if [ ! -x "$engine_bin/pulumi" ] || [ ! -x "$engine_bin/pulumi-language-nodejs" ]; then
-  log "building the Pulumi engine $PULUMI_VERSION from Go modules (first time only, several minutes)"
+  log "building the Pulumi engine $PULUMI_VERSION from Go modules (first time only, several minutes; a line every 30 s)"
   tmp=$(mktemp -d "$CACHE_DIR.build.XXXXXX" 2>/dev/null || { mkdir -p "$(dirname "$CACHE_DIR")"; mktemp -d "$CACHE_DIR.build.XXXXXX"; })
   ldflags="-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION"
-  (cd engine && GOFLAGS=-mod=mod GOBIN="$tmp" go install -ldflags "$ldflags" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi ./cmd/pulumi-language-nodejs)
+  with_progress "building the Pulumi engine" \
+    env -C engine GOFLAGS=-mod=mod GOBIN="$tmp" go install -ldflags "$ldflags" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi ./cmd/pulumi-language-nodejs
   mkdir -p "$(dirname "$engine_bin")"
   rm -rf "$engine_bin"
   mv "$tmp" "$engine_bin"
 fi
+# The dynamic-provider plugin is one the engine treats as bundled: it looks for
+# it next to the pulumi binary, and warns "using pulumi-resource-pulumi-nodejs
+# from $PATH" when it finds it anywhere else first. So it goes next to pulumi
+# (the SDK's own script, which runs the program's @pulumi/pulumi/cmd/dynamic-provider).
+plugin=pulumi-resource-pulumi-nodejs
+if ! cmp -s "node_modules/@pulumi/pulumi/$plugin" "$engine_bin/$plugin"; then
+  cp "node_modules/@pulumi/pulumi/$plugin" "$engine_bin/.$plugin.$$"
+  chmod 0755 "$engine_bin/.$plugin.$$"
+  mv -f "$engine_bin/.$plugin.$$" "$engine_bin/$plugin"
+fi
 # The TypeScript side (provider/cli/engine.ts) reads this to find the engine.
 printf '%s\n' "$engine_bin" > .engine-bin
+
+# --- examples/typescript ------------------------------------------------------
+# Its dependency "vse-provider": "file:../.." is this clone; link it as
+# `npm install` there would, and let the rest (@pulumi/pulumi, ts-node,
+# typescript) resolve from the clone's node_modules.
+if [ ! -e examples/typescript/node_modules/vse-provider ]; then
+  mkdir -p examples/typescript/node_modules
+  ln -sfn ../../.. examples/typescript/node_modules/vse-provider
+fi
 
 # --- compile ------------------------------------------------------------------
 if [ "${VSE_SKIP_BUILD:-0}" != 1 ]; then

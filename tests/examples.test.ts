@@ -13,9 +13,11 @@ import { DefinitionError } from "../provider/model/errors";
 const ROOT = path.resolve(__dirname, "..");
 const EXAMPLES = path.join(ROOT, "examples");
 
+/** The examples' own files: not their installed dependencies (node_modules) nor stack settings (Pulumi.<stack>.yaml, git-ignored). */
 function walk(dir: string): string[] {
   return fs
     .readdirSync(dir, { withFileTypes: true })
+    .filter((e) => e.name !== "node_modules" && !/^Pulumi\..+\.yaml$/.test(e.name))
     .flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]))
     .sort();
 }

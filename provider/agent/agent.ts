@@ -1,30 +1,33 @@
 import * as fs from "fs";
 import * as path from "path";
-import type { ChildProcess } from "child_process";
-import type { DriverOps } from "../drivers/driver";
-import { isQemuFor, startQemu, stopQemu, vmPaths, configVmName, parseQemuConfig, waitForQmp } from "../drivers/qemu";
-import { JobResult, VmObserved, VmSpec, VmView } from "./protocol";
-import { qmpCommand } from "../drivers/qmp";
-import * as net from "net";
-
-/** A free TCP port on 127.0.0.1, for a migration target to listen on. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+import type { ConfigFacts } from "../drivers/qemu";
+import type { DriverOps, ExitStatus, RunningVm } from "../drivers/driver";
+import type { SitePolicy } from "../model/types.generated";
+import { agentLoadViolations, RuleViolation, violationMessage, vmRuleViolations } from "../model/policy";
+import { clusterNetwork, macAddress } from "../drivers/network";
+import { ImageNotFound, ImageStore } from "./image-store";
+import { AgentRefusal, JobResult, VmObserved, VmSpec, VmView } from "./protocol";
 import { readJson, writeFileAtomic } from "./state";
+
+/** What one agent serves: its cluster, its image store, the site's policy. */
+export interface AgentOptions {
+  stateDir: string;
+  /** The cluster's key (provider/drivers/network.ts clusterKey): names, MACs and the network derive from it. */
+  clusterKey: string;
+  images: ImageStore;
+  /** The site policy in force, read anew for every request (the site may change it while agents run). */
+  policy: () => SitePolicy;
+  log?: (msg: string) => void;
+  /** Opens a driver; tests and production use the same drivers, this only lets a test count calls. */
+  openDriver?: (hypervisor: string, stateDir: string) => Promise<DriverOps>;
+}
 
 interface Entry {
   name: string;
   spec: VmSpec;
   observed: VmObserved;
-  child?: ChildProcess;
+  /** The process as started or re-attached by this agent process. */
+  run?: RunningVm;
   /** Set while the agent itself stops the VM, so the exit is not reported as a failure. */
   stopping?: boolean;
 }
@@ -33,32 +36,8 @@ interface PersistedState {
   vms: { name: string; spec: VmSpec; observed: VmObserved }[];
 }
 
-const CONSOLE_READ_LIMIT = 8 * 1024 * 1024;
-/** Where libvirtd writes the pid of a domain's QEMU. */
-const LIBVIRT_PID_DIR = "/var/run/libvirt/qemu";
-
-/** The serial console file a libvirt domain's XML names (templates/libvirt/domain.xml.hbs). */
-export function libvirtConsolePath(xml: string): string | undefined {
-  return /<serial type='file'>\s*<source path='([^']+)'/.exec(xml)?.[1];
-}
-
-/** Checks a config before anything is touched; returns the problem, naming the field. */
-function checkConfig(name: string, spec: VmSpec): string | undefined {
-  if (spec.hypervisor === "libvirt") {
-    const named = /<name>([^<]*)<\/name>/.exec(spec.config)?.[1];
-    if (named !== name) return `config: the domain's <name> must be the VM name "${name}", found ${JSON.stringify(named ?? null)}`;
-    const console = libvirtConsolePath(spec.config);
-    if (!console || !path.isAbsolute(console)) return "config: expected a <serial type='file'> with an absolute <source path='…'> (the job's console)";
-    return undefined;
-  }
-  try {
-    parseQemuConfig(spec.config);
-  } catch (err) {
-    return (err as Error).message.startsWith("config") ? (err as Error).message : `config: ${(err as Error).message}`;
-  }
-  if (configVmName(spec.config) !== name) return `config: -name must be the VM name "${name}", found "${configVmName(spec.config)}"`;
-  return undefined;
-}
+/** The console is read from its tail only: a job's result sits at its end, and a chatty guest cannot make the agent read gigabytes. */
+export const CONSOLE_TAIL_BYTES = 256 * 1024;
 
 /** Parses the job's result out of the serial console text. */
 export function parseJob(consoleText: string, markers: { begin: string; end: string }): JobResult {
@@ -73,59 +52,153 @@ export function parseJob(consoleText: string, markers: { begin: string; end: str
   return { state: "done", exitCode: Number(m[2]), output: body.slice(0, m.index + m[1].length) };
 }
 
+/** The last bytes of a file, never more than limit. */
+export function readTail(file: string, limit = CONSOLE_TAIL_BYTES): string {
+  try {
+    const fd = fs.openSync(file, "r");
+    try {
+      const size = fs.fstatSync(fd).size;
+      const len = Math.min(size, limit);
+      const buf = Buffer.alloc(len);
+      fs.readSync(fd, buf, 0, len, size - len);
+      return buf.toString("utf8");
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return "";
+  }
+}
+
+async function defaultOpenDriver(hypervisor: string, stateDir: string, o: AgentOptions): Promise<DriverOps> {
+  const resolveImage = (id: string, file: "vmlinuz" | "initrd.img") => o.images.resolve(id, file);
+  if (hypervisor === "qemu") {
+    const { qemuDriver } = require("../drivers/qemu-driver") as typeof import("../drivers/qemu-driver");
+    return qemuDriver.open({ stateDir, resolveImage });
+  }
+  if (hypervisor === "libvirt") {
+    const { libvirtDriver } = require("../drivers/libvirt") as typeof import("../drivers/libvirt");
+    return libvirtDriver.open({ stateDir, resolveImage, domainPrefix: domainPrefix(o.clusterKey) });
+  }
+  throw new AgentRefusal(400, `hypervisor: a node agent runs "qemu" or "libvirt", found ${JSON.stringify(hypervisor)}`);
+}
+
+/** libvirt domains are host-global: they carry the cluster key, so two stacks never touch each other's VMs. */
+export function domainPrefix(clusterKey: string): string {
+  return `vse-${clusterKey}-`;
+}
+
 /**
- * The node agent's core: holds desired state per VM, starts and stops QEMU to
- * match it, watches the processes, and persists everything atomically so that
- * a restarted agent re-adopts running VMs instead of starting duplicates.
+ * The node agent's core: the site's trust boundary on a host. It admits a VM
+ * only when its config is inside the driver's allowlist, boots images of its
+ * own store, and fits the site policy; it then keeps the VM in its desired
+ * state through the V2M driver contract, the one road to a hypervisor. It
+ * records every intent before acting, so a restarted agent re-attaches to the
+ * processes it started instead of starting duplicates.
  */
 export class Agent {
   private vms = new Map<string, Entry>();
   private queues = new Map<string, Promise<unknown>>();
+  private drivers = new Map<string, Promise<DriverOps>>();
   private watcher?: NodeJS.Timeout;
+  private retry?: NodeJS.Timeout;
   private readonly stateFile: string;
-  private libvirtOps?: Promise<DriverOps>;
+  private readonly vmsDir: string;
+  private readonly log: (msg: string) => void;
+  /** Why the last write of the state failed, until a retry succeeds; reported by /healthz and in the log. */
+  persistError?: string;
 
-  constructor(
-    readonly stateDir: string,
-    private readonly log: (msg: string) => void = () => undefined,
-  ) {
-    this.stateFile = path.join(stateDir, "state.json");
+  constructor(private readonly o: AgentOptions) {
+    this.stateFile = path.join(o.stateDir, "state.json");
+    this.vmsDir = path.join(o.stateDir, "vms");
+    this.log = o.log ?? (() => undefined);
   }
 
-  /** Loads persisted state and re-adopts VMs whose QEMU is still running. */
-  load(): void {
-    fs.mkdirSync(path.join(this.stateDir, "vms"), { recursive: true });
+  get stateDir(): string {
+    return this.o.stateDir;
+  }
+
+  private driver(hypervisor: string): Promise<DriverOps> {
+    let d = this.drivers.get(hypervisor);
+    if (!d) {
+      d = (this.o.openDriver ?? ((h, s) => defaultOpenDriver(h, s, this.o)))(hypervisor, this.vmsDir);
+      this.drivers.set(hypervisor, d);
+      d.catch(() => this.drivers.delete(hypervisor));
+    }
+    return d;
+  }
+
+  /** Loads persisted state and re-attaches to every VM whose process still runs, through its driver's recover. */
+  async load(): Promise<void> {
+    fs.mkdirSync(this.vmsDir, { recursive: true });
     const saved = readJson<PersistedState>(this.stateFile);
     for (const v of saved?.vms ?? []) {
       const e: Entry = { ...v };
-      const alive = e.observed.pid !== undefined && isQemuFor(e.observed.pid, e.name);
-      if (alive) {
-        e.observed = { ...e.observed, state: "running", message: "re-adopted after an agent restart" };
-        this.log(`re-adopted VM ${e.name} (pid ${e.observed.pid})`);
+      this.vms.set(e.name, e);
+      let run: RunningVm | undefined;
+      try {
+        run = await (await this.driver(e.spec.hypervisor)).recover(e.name);
+      } catch (err) {
+        this.log(`VM ${e.name}: could not look for its process: ${(err as Error).message}`);
+      }
+      if (run) {
+        e.run = run;
+        e.observed = { ...e.observed, state: "running", pid: run.pid, message: "re-attached after an agent restart" };
+        this.log(`re-attached VM ${e.name} (pid ${run.pid})`);
       } else if (e.observed.state === "running" || e.observed.state === "starting") {
         e.observed = {
           ...e.observed,
           state: "failed",
           pid: undefined,
           lastExit: { at: new Date().toISOString(), code: null, signal: null, expected: false },
-          message: "QEMU ended while the agent was down",
+          message:
+            e.observed.state === "starting" ? "the agent ended while starting the VM; it never came up" : "the VM's process ended while the agent was down",
         };
       }
-      this.vms.set(e.name, e);
     }
     this.persist();
-    // Adopted processes are not our children: poll them.
-    this.watcher = setInterval(() => this.pollAdopted(), 500);
+    // Re-attached processes are not our children: poll them.
+    this.watcher = setInterval(() => void this.pollAdopted(), 500);
     this.watcher.unref();
   }
 
   close(): void {
     if (this.watcher) clearInterval(this.watcher);
+    if (this.retry) clearTimeout(this.retry);
   }
 
-  private persist(): void {
+  private snapshot(): string {
     const data: PersistedState = { vms: [...this.vms.values()].map(({ name, spec, observed }) => ({ name, spec, observed })) };
-    writeFileAtomic(this.stateFile, JSON.stringify(data, null, 2));
+    return JSON.stringify(data, null, 2);
+  }
+
+  /**
+   * Writes the state; a failure (ENOSPC, EMFILE, EIO) is logged, reported by
+   * /healthz and retried every second, never thrown at whoever changed a VM.
+   */
+  private persist(): void {
+    try {
+      writeFileAtomic(this.stateFile, this.snapshot());
+      if (this.persistError) this.log(`state written again after: ${this.persistError}`);
+      this.persistError = undefined;
+    } catch (err) {
+      const first = !this.persistError;
+      this.persistError = `cannot write ${this.stateFile}: ${(err as Error).message}`;
+      if (first) this.log(this.persistError);
+      if (!this.retry) {
+        this.retry = setTimeout(() => {
+          this.retry = undefined;
+          this.persist();
+        }, 1000);
+        this.retry.unref();
+      }
+    }
+  }
+
+  /** Records an intent before acting on it; when it cannot be recorded, nothing is done (a crash then could not be recovered from). */
+  private recordIntent(): void {
+    this.persist();
+    if (this.persistError) throw new AgentRefusal(503, `${this.persistError}; nothing was started or changed`);
   }
 
   /** Runs operations on one VM one at a time. */
@@ -139,121 +212,172 @@ export class Agent {
     return next;
   }
 
-  private vmDir(name: string): string {
-    return path.join(this.stateDir, "vms", name);
-  }
-
-  private pollAdopted(): void {
+  private async pollAdopted(): Promise<void> {
     for (const e of this.vms.values()) {
-      if (e.child || e.stopping || e.observed.state !== "running" || e.observed.pid === undefined) continue;
-      if (!isQemuFor(e.observed.pid, e.name)) this.onExit(e, null, null);
+      if (!e.run || e.run.exited || e.stopping || e.observed.state !== "running") continue;
+      const run = e.run;
+      const now = await (await this.driver(e.spec.hypervisor)).recover(e.name).catch(() => run);
+      if (!now && e.run === run) this.onExit(e, { code: null, signal: null });
     }
   }
 
-  private onExit(e: Entry, code: number | null, signal: string | null): void {
+  private onExit(e: Entry, status: ExitStatus): void {
     const expected = !!e.stopping;
     const job = this.job(e);
-    // A process that was not our child (adopted, or libvirt's) ends with no status we can read:
+    // A process that was not our child (re-attached, or libvirt's) ends with no status we can read:
     // then the job's result and its declared power-off tell a clean end from a crash.
-    const unknownStatus = code === null && signal === null;
-    const clean = job.state === "done" && (code === 0 || (unknownStatus && e.spec.afterJob === "power-off"));
-    e.child = undefined;
+    const unknownStatus = status.code === null && status.signal === null;
+    const clean = job.state === "done" && (status.code === 0 || (unknownStatus && e.spec.afterJob === "power-off"));
+    e.run = undefined;
     e.observed = {
       ...e.observed,
       state: expected ? "stopped" : clean ? "exited" : "failed",
       pid: undefined,
-      lastExit: { at: new Date().toISOString(), code, signal, expected },
+      incoming: undefined,
+      lastExit: { at: new Date().toISOString(), ...status, expected },
       message: expected
         ? "stopped by the agent"
         : clean
           ? "the guest powered off after its job"
-          : `QEMU ended unexpectedly (${signal ? `signal ${signal}` : `exit code ${code ?? "unknown"}`})`,
+          : `the VM's process ended unexpectedly (${status.signal ? `signal ${status.signal}` : `exit code ${status.code ?? "unknown"}`})`,
     };
     if (!expected) this.log(`VM ${e.name}: ${e.observed.message}`);
     this.persist();
   }
 
-  private isRunning(e: Entry): boolean {
-    return e.observed.pid !== undefined && isQemuFor(e.observed.pid, e.name);
+  private watch(e: Entry, run: RunningVm): void {
+    e.run = run;
+    run.exited?.then((st) => {
+      if (e.run === run) this.onExit(e, st);
+    });
   }
 
-  /** libvirt through its driver, opened once; opening probes and names what is missing. */
-  private libvirt(): Promise<DriverOps> {
-    if (!this.libvirtOps) {
-      const { libvirtDriver } = require("../drivers/libvirt") as typeof import("../drivers/libvirt");
-      this.libvirtOps = libvirtDriver.open({ stateDir: path.join(this.stateDir, "libvirt") });
-      this.libvirtOps.catch(() => (this.libvirtOps = undefined));
+  /** Parses the config through its driver's allowlist; a refusal names the line, the option and what is allowed. */
+  private facts(name: string, spec: VmSpec): ConfigFacts {
+    const { parseQemuConfig, ConfigRefused } = require("../drivers/qemu") as typeof import("../drivers/qemu");
+    const { parseLibvirtDomain } = require("../drivers/libvirt") as typeof import("../drivers/libvirt");
+    let facts: ConfigFacts;
+    try {
+      facts = spec.hypervisor === "libvirt" ? parseLibvirtDomain(spec.config).facts : parseQemuConfig(spec.config).facts;
+    } catch (err) {
+      if (err instanceof ConfigRefused) throw new AgentRefusal(403, err.message);
+      throw new AgentRefusal(400, `config: ${(err as Error).message}`);
     }
-    return this.libvirtOps;
+    const expectedName = spec.hypervisor === "libvirt" ? `${domainPrefix(this.o.clusterKey)}${name}` : name;
+    if (facts.name !== expectedName) {
+      throw new AgentRefusal(
+        403,
+        `config: the VM must be named "${expectedName}" (${spec.hypervisor === "libvirt" ? "<name>" : "-name"}), found "${facts.name}"`,
+      );
+    }
+    // The cluster network and MACs are this cluster's own: a config may not join another cluster's segment.
+    const net = clusterNetwork(this.o.clusterKey);
+    const prefix = macAddress(this.o.clusterKey, 0).slice(0, 8);
+    for (const nic of facts.nics) {
+      if (nic.mcast.address !== net.mcast.address || nic.mcast.port !== net.mcast.port) {
+        throw new AgentRefusal(
+          403,
+          `config: NIC ${nic.mac} joins ${nic.mcast.address}:${nic.mcast.port}; this cluster's network is ${net.mcast.address}:${net.mcast.port}`,
+        );
+      }
+      if (!nic.mac.startsWith(prefix)) throw new AgentRefusal(403, `config: MAC ${nic.mac} is not of this cluster (expected ${prefix}:…)`);
+    }
+    return facts;
   }
 
-  /** Defines and starts a libvirt domain; libvirtd supervises its QEMU, the agent polls that process. */
-  private async startLibvirt(e: Entry): Promise<void> {
-    const ops = await this.libvirt();
-    const consoleFile = libvirtConsolePath(e.spec.config)!;
-    fs.mkdirSync(path.dirname(consoleFile), { recursive: true });
-    e.stopping = false;
-    e.observed = { state: "starting", startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit };
-    this.persist();
-    await ops.destroy(e.name); // a stale definition of this name from an earlier run
-    await ops.create({ name: e.name, config: e.spec.config });
-    await ops.start(e.name);
-    const pidFile = path.join(LIBVIRT_PID_DIR, `${e.name}.pid`);
-    const pid = Number(fs.existsSync(pidFile) ? fs.readFileSync(pidFile, "utf8").trim() : NaN);
-    if (!(pid > 0) || !isQemuFor(pid, e.name)) throw new Error(`VM ${e.name}: libvirt started the domain but its QEMU process was not found (${pidFile})`);
-    e.observed = { ...e.observed, state: "running", pid, message: undefined };
-    this.persist();
-    this.log(`VM ${e.name} started by libvirt (pid ${pid})`);
+  /** The site policy's verdict on a VM: 403 naming the rule and the field, or nothing. */
+  private admit(name: string, spec: VmSpec, facts: ConfigFacts): void {
+    let meta;
+    try {
+      meta = this.o.images.meta(facts.imageId);
+    } catch (err) {
+      if (err instanceof ImageNotFound) throw new AgentRefusal(403, `config: ${err.message}`);
+      throw err;
+    }
+    const policy = this.o.policy();
+    const violations: RuleViolation[] = vmRuleViolations(policy, {
+      vm: name,
+      hypervisor: spec.hypervisor,
+      memoryMiB: facts.memoryMiB,
+      vcpus: facts.vcpus,
+      base: meta.base,
+      mirror: meta.mirror,
+      kernelArgs: facts.kernelArgs.split(" ").filter(Boolean),
+      kernelRelease: meta.kernel === undefined ? undefined : () => meta.kernel!,
+    });
+    // Per-agent caps count every other VM this agent runs or is starting.
+    const others = [...this.vms.values()].filter((e) => e.name !== name && (e.observed.state === "running" || e.observed.state === "starting"));
+    const memoryOf = (e: Entry) => {
+      try {
+        return this.facts(e.name, e.spec).memoryMiB;
+      } catch {
+        return 0;
+      }
+    };
+    violations.push(...agentLoadViolations(policy, { vms: others.length + 1, memoryMiB: others.reduce((s, e) => s + memoryOf(e), facts.memoryMiB) }));
+    if (violations.length) {
+      const fields: Record<RuleViolation["field"], string> = {
+        memory: "memory (-m)",
+        vcpus: "vcpus (-smp)",
+        hypervisor: "hypervisor",
+        base: "image base",
+        mirror: "image mirror",
+        kernelArgs: "kernel parameters (-append)",
+        kernel: "image kernel",
+        agent: "agent capacity",
+      };
+      throw new AgentRefusal(403, violations.map((v) => `${fields[v.field]}: ${violationMessage(policy, v)}`).join("; "));
+    }
+  }
+
+  private async isRunning(e: Entry): Promise<boolean> {
+    if (!e.run) return false;
+    const now = await (await this.driver(e.spec.hypervisor)).recover(e.name).catch(() => undefined);
+    return now !== undefined && now.pid === e.run.pid;
   }
 
   private async start(e: Entry, incoming?: string): Promise<void> {
-    if (e.spec.hypervisor === "libvirt") return this.startLibvirt(e);
-    const paths = vmPaths(this.vmDir(e.name));
-    // QEMU also locks its pidfile, so even a racing second start cannot run two copies.
-    const child = startQemu(e.spec.config, paths, incoming ? ["-incoming", incoming] : []);
-    e.child = child;
+    let ops: DriverOps;
+    try {
+      ops = await this.driver(e.spec.hypervisor);
+    } catch (err) {
+      throw new AgentRefusal(503, `VM ${e.name}: ${(err as Error).message}`);
+    }
     e.stopping = false;
-    e.observed = { state: "starting", pid: child.pid, startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit };
-    child.on("exit", (code, signal) => {
-      if (e.child === child) this.onExit(e, code, signal);
-    });
-    this.persist();
-    // Wait until QEMU has written its pidfile (it is up) or has exited.
-    const deadline = Date.now() + 10000;
-    while (Date.now() < deadline && e.child === child) {
-      if (fs.existsSync(paths.pidfile)) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    if (e.child !== child) {
-      const err = fs.existsSync(paths.stderr) ? fs.readFileSync(paths.stderr, "utf8").trim().split("\n").slice(-3).join(" | ") : "";
-      e.observed = { ...e.observed, message: `QEMU failed to start: ${err || e.observed.message}` };
+    e.observed = { state: "starting", startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit };
+    // The intent is on disk before any process exists: a crash from here on is found again by recover().
+    this.recordIntent();
+    try {
+      await ops.create({ name: e.name, config: e.spec.config });
+      const run = await ops.start(e.name, incoming ? { incoming } : {});
+      this.watch(e, run);
+      e.observed = { ...e.observed, state: "running", pid: run.pid, message: incoming ? "waiting for a live migration" : undefined, incoming };
+    } catch (err) {
+      // Nothing of a failed start stays running.
+      await ops.stop(e.name, 0).catch(() => undefined);
+      e.run = undefined;
+      e.observed = { ...e.observed, state: "failed", pid: undefined, message: `failed to start: ${(err as Error).message}` };
       this.persist();
-      throw new Error(`VM ${e.name}: ${e.observed.message}`);
+      if (err instanceof AgentRefusal) throw err;
+      const { ConfigRefused } = require("../drivers/qemu") as typeof import("../drivers/qemu");
+      throw new AgentRefusal(err instanceof ConfigRefused ? 403 : 500, `VM ${e.name}: ${(err as Error).message}`);
     }
-    e.observed = { ...e.observed, state: "running", message: incoming ? "waiting for a live migration" : undefined, incoming };
     this.persist();
-    this.log(`VM ${e.name} started (pid ${child.pid})${incoming ? `, waiting for a migration on ${incoming}` : ""}`);
+    this.log(`VM ${e.name} started (pid ${e.observed.pid})${incoming ? `, waiting for a migration on ${incoming}` : ""}`);
   }
 
   private async stop(e: Entry): Promise<void> {
-    const pid = e.observed.pid;
-    if (pid === undefined) return;
+    const ops = await this.driver(e.spec.hypervisor);
     e.stopping = true;
-    if (e.spec.hypervisor === "libvirt") await (await this.libvirt()).stop(e.name, e.spec.stopGraceSeconds * 1000);
-    else await stopQemu(pid, e.name, vmPaths(this.vmDir(e.name)), e.spec.stopGraceSeconds * 1000);
-    if (e.child) {
-      // Let the 'exit' handler record how it ended.
-      const child = e.child;
-      await new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once("exit", () => r())));
-    } else if (e.observed.pid !== undefined) {
-      this.onExit(e, null, null);
-    }
+    const run = e.run;
+    await ops.stop(e.name, e.spec.stopGraceSeconds * 1000);
+    if (run?.exited) await run.exited; // the exit handler records how it ended
+    if (e.run === run && run) this.onExit(e, { code: null, signal: null });
   }
 
   /** Makes the VM match spec: starts it, restarts it when its config changed, or leaves it be. */
   put(name: string, spec: VmSpec): Promise<VmView> {
-    const problem = checkConfig(name, spec);
-    if (problem) return Promise.reject(new Error(problem));
+    const facts = this.facts(name, spec);
     return this.serial(name, async () => {
       let e = this.vms.get(name);
       if (e && e.spec.hypervisor !== spec.hypervisor) {
@@ -261,88 +385,118 @@ export class Agent {
         await this.remove(e);
         e = undefined;
       }
+      const running = e ? await this.isRunning(e) : false;
+      const changed = !e || e.spec.config !== spec.config;
+      // A VM that ran its job and powered off as declared is done: a change that keeps its config must not run the job again.
+      if (e && !running && !changed && e.observed.state === "exited") {
+        e.spec = spec;
+        this.persist();
+        return this.view(e);
+      }
+      if (running && !changed) {
+        e!.spec = spec;
+        // A migration has landed here: the VM is now simply ours.
+        e!.observed = { ...e!.observed, incoming: undefined, message: e!.observed.incoming ? "migrated here" : e!.observed.message };
+        this.persist();
+        return this.view(e!);
+      }
+      this.admit(name, spec, facts);
       if (!e) {
         e = { name, spec, observed: { state: "stopped", starts: 0 } };
         this.vms.set(name, e);
       }
-      const running = this.isRunning(e);
-      const changed = e.spec.config !== spec.config;
-      if (running && changed) {
+      if (running) {
         this.log(`VM ${name}: config changed, restarting`);
         await this.stop(e);
       }
       e.spec = spec;
-      if (!running || changed) await this.start(e);
-      else {
-        // A migration has landed here: the VM is now simply ours.
-        e.observed = { ...e.observed, incoming: undefined, message: e.observed.incoming ? "migrated here" : e.observed.message };
-        this.persist();
+      try {
+        await this.start(e);
+      } catch (err) {
+        // A VM that never ran here leaves nothing behind when its first start fails.
+        if (e.observed.starts <= 1 && !e.observed.lastExit) await this.remove(e).catch(() => undefined);
+        throw err;
       }
       return this.view(e);
     });
   }
 
-  /** Starts the VM as the target of a live migration, listening on a free loopback port. */
+  /** Starts the VM as the target of a live migration, listening on a unix socket inside this agent's state directory. */
   incoming(name: string, spec: VmSpec): Promise<VmView> {
-    const problem =
-      checkConfig(name, spec) ?? (spec.hypervisor !== "qemu" ? `hypervisor: live migration needs "qemu", found ${JSON.stringify(spec.hypervisor)}` : undefined);
-    if (problem) return Promise.reject(new Error(problem));
+    if (spec.hypervisor !== "qemu")
+      return Promise.reject(new AgentRefusal(400, `hypervisor: live migration needs "qemu", found ${JSON.stringify(spec.hypervisor)}`));
+    const facts = this.facts(name, spec);
     return this.serial(name, async () => {
       const old = this.vms.get(name);
-      if (old && this.isRunning(old)) throw new Error(`conflict: VM ${name} already runs on this agent`);
+      if (old && (await this.isRunning(old))) throw new AgentRefusal(409, `conflict: VM ${name} already runs on this agent`);
+      this.admit(name, spec, facts);
       const e: Entry = { name, spec, observed: { state: "stopped", starts: old?.observed.starts ?? 0 } };
       this.vms.set(name, e);
-      await this.start(e, `tcp:127.0.0.1:${await freePort()}`);
-      // QEMU listens for the migration once its monitor answers; the pidfile comes earlier.
-      if (!(await waitForQmp(vmPaths(this.vmDir(name)).qmp, () => this.isRunning(e)))) throw new Error(`VM ${name}: the migration target did not come up`);
+      await this.start(e, `unix:${path.join(this.vmsDir, name, "migrate.sock")}`);
       return this.view(e);
     });
   }
 
-  /** Live-migrates the running VM to a target started by incoming(); once it has landed, the VM is forgotten here. */
+  /** Whether a migration target is a channel only the cluster's agents can use: a migrate.sock of this VM under a sibling agent's state. */
+  private checkTarget(name: string, target: string): void {
+    const clusterDir = path.dirname(this.o.stateDir);
+    const m = /^unix:(\/.+)$/.exec(target);
+    const p = m ? path.normalize(m[1]) : "";
+    const rel = path.relative(clusterDir, p).split(path.sep);
+    if (!m || p !== m[1] || rel.length !== 4 || !/^host-[0-9]+$/.test(rel[0]) || rel[1] !== "vms" || rel[2] !== name || rel[3] !== "migrate.sock") {
+      throw new AgentRefusal(
+        403,
+        `target: expected unix:${clusterDir}/host-<n>/vms/${name}/migrate.sock (an agent of this cluster), found ${JSON.stringify(target)}`,
+      );
+    }
+  }
+
+  /** Live-migrates the running VM to a target started by incoming(); once it has landed, the VM is forgotten here. A failed migration leaves it running here. */
   migrate(name: string, target: string): Promise<{ totalMs: number; downtimeMs: number }> {
+    this.checkTarget(name, target);
     return this.serial(name, async () => {
       const e = this.vms.get(name);
-      if (!e) throw new Error(`not found: no VM named ${name}`);
-      if (e.spec.hypervisor !== "qemu" || !this.isRunning(e)) throw new Error(`conflict: VM ${name} is not a running QEMU VM`);
-      const paths = vmPaths(this.vmDir(name));
-      await qmpCommand(paths.qmp, "migrate", { uri: target });
-      const deadline = Date.now() + 120000;
-      for (;;) {
-        const info = (await qmpCommand(paths.qmp, "query-migrate")) as { status?: string; "total-time"?: number; downtime?: number; "error-desc"?: string };
-        if (info.status === "completed") {
-          this.log(`VM ${name} migrated to ${target} in ${info["total-time"]} ms (downtime ${info.downtime} ms)`);
-          // The source is paused after the hand-over and must never run again.
-          await this.remove(e);
-          return { totalMs: info["total-time"] ?? 0, downtimeMs: info.downtime ?? 0 };
-        }
-        if (info.status === "failed" || info.status === "cancelled" || Date.now() > deadline) {
-          await qmpCommand(paths.qmp, "migrate_cancel").catch(() => undefined);
-          throw new Error(
-            `migration of ${name} to ${target} ${info.status === "failed" || info.status === "cancelled" ? info.status : "timed out"}: ${info["error-desc"] ?? ""}`,
-          );
-        }
-        await new Promise((r) => setTimeout(r, 50));
+      if (!e) throw new AgentRefusal(404, `not found: no VM named ${name}`);
+      if (e.spec.hypervisor !== "qemu" || !(await this.isRunning(e))) throw new AgentRefusal(409, `conflict: VM ${name} is not a running QEMU VM`);
+      const ops = await this.driver("qemu");
+      const t0 = Date.now();
+      e.stopping = true; // the source ends once it has handed over
+      try {
+        const m = await ops.migrate!(name, target);
+        this.log(`VM ${name} migrated to ${target} in ${Date.now() - t0} ms`);
+        await this.remove(e);
+        return { totalMs: m?.totalMs ?? Date.now() - t0, downtimeMs: m?.downtimeMs ?? 0 };
+      } catch (err) {
+        e.stopping = false;
+        const still = await this.isRunning(e);
+        this.log(`VM ${name}: migration to ${target} failed (${(err as Error).message}); ${still ? "it keeps running here" : "its process is gone"}`);
+        if (!still && e.run) this.onExit(e, { code: null, signal: null });
+        throw new AgentRefusal(
+          502,
+          `migration of ${name} to ${target} failed: ${(err as Error).message}; the VM ${still ? "keeps running on the source" : "is no longer running"}`,
+        );
       }
     });
   }
 
-  /** Stops the VM and removes every trace of it: state, console, libvirt definition. */
+  /** Stops the VM and removes every trace of it; every step runs even when an earlier one failed, and the errors are reported together. */
   private async remove(e: Entry): Promise<void> {
-    if (this.isRunning(e)) await this.stop(e);
-    if (e.spec.hypervisor === "libvirt") {
-      // Never started (e.g. libvirtd was missing): there is no domain to undefine.
-      if (e.observed.starts > 0) await (await this.libvirt()).destroy(e.name);
-      const consoleFile = libvirtConsolePath(e.spec.config)!;
-      fs.rmSync(consoleFile, { force: true });
-      try {
-        fs.rmdirSync(path.dirname(consoleFile)); // the cluster's console directory, once empty
-      } catch {
-        // other VMs' consoles are still there
-      }
+    const errors: string[] = [];
+    try {
+      const ops = await this.driver(e.spec.hypervisor);
+      e.stopping = true;
+      await ops.destroy(e.name).catch((err: Error) => errors.push(err.message));
+      if (e.run && !(await this.isRunning(e))) e.run = undefined;
+    } catch (err) {
+      errors.push((err as Error).message);
+    }
+    if (e.run) errors.push(`its process ${e.run.pid} is still running`);
+    if (errors.length) {
+      this.persist();
+      throw new AgentRefusal(500, `VM ${e.name}: not removed completely: ${errors.join("; ")}`);
     }
     this.vms.delete(e.name);
-    fs.rmSync(this.vmDir(e.name), { recursive: true, force: true });
+    fs.rmSync(path.join(this.vmsDir, e.name), { recursive: true, force: true });
     this.persist();
   }
 
@@ -355,43 +509,33 @@ export class Agent {
     });
   }
 
+  /** Stops and removes every VM; tries them all, then reports what failed. */
   async shutdown(): Promise<void> {
-    await Promise.all([...this.vms.keys()].map((n) => this.delete(n)));
+    const results = await Promise.allSettled([...this.vms.keys()].map((n) => this.delete(n)));
     this.close();
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => (r.reason as Error).message);
+    if (failed.length) throw new AgentRefusal(500, failed.join("; "));
   }
 
-  get(name: string): VmView | undefined {
+  get(name: string): Promise<VmView | undefined> {
     const e = this.vms.get(name);
-    return e && this.view(e);
+    return e ? this.view(e) : Promise.resolve(undefined);
   }
 
-  list(): VmView[] {
-    return [...this.vms.values()].map((e) => this.view(e));
+  list(): Promise<VmView[]> {
+    return Promise.all([...this.vms.values()].map((e) => this.view(e)));
   }
 
+  /** Every driver writes a VM's serial console to console.log in the VM's directory (driver.ts OpenOptions). */
   private consoleText(e: Entry): string {
-    const file = e.spec.hypervisor === "libvirt" ? libvirtConsolePath(e.spec.config)! : vmPaths(this.vmDir(e.name)).console;
-    try {
-      const fd = fs.openSync(file, "r");
-      try {
-        const size = fs.fstatSync(fd).size;
-        const len = Math.min(size, CONSOLE_READ_LIMIT);
-        const buf = Buffer.alloc(len);
-        fs.readSync(fd, buf, 0, len, size - len);
-        return buf.toString("utf8");
-      } finally {
-        fs.closeSync(fd);
-      }
-    } catch {
-      return "";
-    }
+    return readTail(path.join(this.vmsDir, e.name, "console.log"));
   }
 
   private job(e: Entry): JobResult {
     return parseJob(this.consoleText(e), e.spec.markers);
   }
 
-  private view(e: Entry): VmView {
+  private async view(e: Entry): Promise<VmView> {
     const text = this.consoleText(e);
     return {
       name: e.name,

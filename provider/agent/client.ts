@@ -1,4 +1,7 @@
+import * as fs from "fs";
 import * as http from "http";
+import * as path from "path";
+import type { SitePolicy } from "../model/types.generated";
 import type { VmSpec, VmView } from "./protocol";
 
 export class AgentError extends Error {
@@ -10,23 +13,60 @@ export class AgentError extends Error {
   }
 }
 
-/** A small client for one node agent's API; every call carries the bearer token. */
+/**
+ * Checks who listens on an agent's unix socket before the token is sent: the
+ * socket and its directory must belong to this user (or root) and the
+ * directory must be private (0700), so only the agent's own user can have
+ * bound it there.
+ */
+export function verifyAgentSocket(socket: string): void {
+  const uid = process.getuid?.() ?? 0;
+  const owned = (st: fs.Stats) => st.uid === uid || st.uid === 0;
+  let dir: fs.Stats, sock: fs.Stats;
+  try {
+    dir = fs.lstatSync(path.dirname(socket));
+    sock = fs.lstatSync(socket);
+  } catch (err) {
+    throw new AgentError(0, `agent unix:${socket} is unreachable: ${(err as Error).message}`);
+  }
+  if (!dir.isDirectory() || !owned(dir) || (dir.mode & 0o077) !== 0)
+    throw new AgentError(
+      0,
+      `agent unix:${socket}: refusing to send the token, ${path.dirname(socket)} is not a private directory of this user (mode ${(dir.mode & 0o777).toString(8)}, uid ${dir.uid})`,
+    );
+  if (!sock.isSocket() || !owned(sock)) throw new AgentError(0, `agent unix:${socket}: refusing to send the token, it is not a socket of this user`);
+}
+
+/** A small client for one node agent's API (unix:<socket path>); every /v1 call carries the bearer token, sent only after the socket was verified. */
 export class AgentClient {
+  private readonly socket: string;
+
   constructor(
     readonly url: string,
     private readonly token: string,
-  ) {}
+  ) {
+    const m = /^unix:(\/.+)$/.exec(url);
+    if (!m) throw new AgentError(0, `agent ${url}: expected unix:<absolute socket path>`);
+    this.socket = m[1];
+  }
 
   request<T>(method: string, pathname: string, body?: unknown, timeoutMs = 120000): Promise<T> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
+      try {
+        verifyAgentSocket(this.socket);
+      } catch (err) {
+        reject(err);
+        return;
+      }
       const req = http.request(
-        new URL(pathname, this.url),
         {
+          socketPath: this.socket,
+          path: pathname,
           method,
           timeout: timeoutMs,
           headers: {
-            Authorization: `Bearer ${this.token}`,
+            ...(pathname.startsWith("/v1/") && pathname !== "/v1/policy" ? { Authorization: `Bearer ${this.token}` } : {}),
             ...(payload ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(payload) } : {}),
           },
         },
@@ -58,8 +98,13 @@ export class AgentClient {
     });
   }
 
-  health(): Promise<{ ok: boolean; pid: number }> {
+  health(): Promise<{ ok: boolean; pid: number; clusterKey: string; persistError?: string }> {
     return this.request("GET", "/healthz", undefined, 3000);
+  }
+
+  /** The site policy this agent enforces. */
+  policy(): Promise<{ policy: SitePolicy; source: string }> {
+    return this.request("GET", "/v1/policy", undefined, 3000);
   }
 
   putVm(name: string, spec: VmSpec): Promise<VmView> {

@@ -1,52 +1,117 @@
-// The node agent daemon: `node dist/provider/agent/main.js --state-dir DIR --token-file FILE [--port N]`.
-// Listens on 127.0.0.1, writes agent.json (pid, port) atomically once it serves.
+// The node agent daemon:
+//   node dist/provider/agent/main.js --state-dir DIR --token-file FILE --cluster-key KEY --image-store DIR [--policy FILE]
+// Serves on the unix socket DIR/agent.sock (DIR is made 0700), holds an
+// exclusive lock on DIR while it lives, and writes DIR/agent.json atomically
+// once it serves. The site policy is the file given (re-read when it changes)
+// or, without one, the permissive local default.
 import * as fs from "fs";
+import type * as net from "net";
 import * as path from "path";
 import { Agent } from "./agent";
+import { lockStateDir } from "./lock";
+import { ImageStore } from "./image-store";
 import { createServer } from "./server";
-import { writeFileAtomic } from "./state";
+import { readJson, writeFileAtomic } from "./state";
+import { TOKEN_PATTERN } from "./protocol";
+import { loadSitePolicy } from "../model/site-policy";
+import { formatProblem, DefinitionError } from "../model/errors";
+import type { Located } from "../model/load";
+import type { SitePolicy } from "../model/types.generated";
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1] : undefined;
 }
 
-function main(): void {
+function fail(msg: string, code = 2): never {
+  console.error(msg);
+  process.exit(code);
+}
+
+/** The site policy, re-read whenever its file changes; a broken edit keeps the last good policy and says so. */
+function policySource(file: string | undefined, log: (m: string) => void): () => { doc: SitePolicy; source: string } {
+  let current: Located<SitePolicy> = loadSitePolicy({ file });
+  let stamp = file ? fs.statSync(file).mtimeMs : 0;
+  return () => {
+    if (file) {
+      const now = fs.existsSync(file) ? fs.statSync(file).mtimeMs : -1;
+      if (now !== stamp) {
+        stamp = now;
+        try {
+          current = loadSitePolicy({ file });
+          log(`site policy reloaded from ${file}`);
+        } catch (err) {
+          log(
+            `site policy ${file} is invalid, keeping the previous one: ${err instanceof DefinitionError ? err.problems.map(formatProblem).join("; ") : (err as Error).message}`,
+          );
+        }
+      }
+    }
+    return { doc: current.doc, source: current.file };
+  };
+}
+
+async function main(): Promise<void> {
   const stateDir = arg("state-dir");
   const tokenFile = arg("token-file");
-  const port = Number(arg("port") ?? "0");
-  if (!stateDir || !tokenFile || !Number.isInteger(port) || port < 0 || port > 65535) {
-    console.error("usage: agent --state-dir DIR --token-file FILE [--port N]");
-    process.exit(2);
-  }
+  const clusterKey = arg("cluster-key");
+  const imageStore = arg("image-store");
+  const policyFile = arg("policy");
+  if (!stateDir || !tokenFile || !clusterKey || !imageStore)
+    fail("usage: agent --state-dir DIR --token-file FILE --cluster-key KEY --image-store DIR [--policy FILE]");
+  if (!/^[0-9a-f]{10}$/.test(clusterKey)) fail(`--cluster-key: expected 10 hex digits, found ${JSON.stringify(clusterKey)}`);
   const token = fs.readFileSync(tokenFile, "utf8").trim();
-  if (token.length < 32) {
-    console.error(`${tokenFile}: expected a token of at least 32 characters`);
-    process.exit(2);
-  }
+  const t = TOKEN_PATTERN.exec(token);
+  if (!t || t[1] !== clusterKey) fail(`${tokenFile}: expected a token of cluster ${clusterKey} (vse1.${clusterKey}.<64 hex digits>)`);
+
+  fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  fs.chmodSync(stateDir, 0o700);
   const log = (msg: string) => console.log(`${new Date().toISOString()} ${msg}`);
-  const agent = new Agent(stateDir, log);
-  agent.load();
-  const server = createServer(agent, token, () => {
-    log("shutdown requested: every VM stopped, exiting");
-    fs.rmSync(path.join(stateDir, "agent.json"), { force: true });
-    process.exit(0);
+  let lock: net.Server;
+  try {
+    lock = await lockStateDir(stateDir);
+  } catch (err) {
+    const other = readJson<{ pid?: number }>(path.join(stateDir, "agent.json"));
+    fail(`another agent${other?.pid ? ` (pid ${other.pid})` : ""} holds ${stateDir}: ${(err as Error).message}`, 3);
+  }
+  let policy;
+  try {
+    policy = policySource(policyFile, log);
+  } catch (err) {
+    fail(`--policy ${policyFile}: ${err instanceof DefinitionError ? err.problems.map(formatProblem).join("\n") : (err as Error).message}`);
+  }
+  const agent = new Agent({ stateDir, clusterKey, images: new ImageStore(imageStore), policy: () => policy().doc, log });
+  await agent.load();
+  const socket = path.join(stateDir, "agent.sock");
+  const infoFile = path.join(stateDir, "agent.json");
+  const server = createServer(agent, {
+    token,
+    clusterKey,
+    policy,
+    onShutdown: () => {
+      log("shutdown requested: every VM stopped, exiting");
+      fs.rmSync(infoFile, { force: true });
+      fs.rmSync(socket, { force: true });
+      process.exit(0);
+    },
   });
-  server.listen(port, "127.0.0.1", () => {
-    const addr = server.address();
-    const actual = typeof addr === "object" && addr ? addr.port : port;
-    writeFileAtomic(path.join(stateDir, "agent.json"), JSON.stringify({ pid: process.pid, port: actual, url: `http://127.0.0.1:${actual}` }));
-    log(`agent serving on 127.0.0.1:${actual}, state in ${stateDir}`);
+  // We hold the lock: a socket file left here is a dead agent's.
+  fs.rmSync(socket, { force: true });
+  server.listen(socket, () => {
+    fs.chmodSync(socket, 0o600);
+    writeFileAtomic(infoFile, JSON.stringify({ pid: process.pid, url: `unix:${socket}`, clusterKey }));
+    log(`agent serving on ${socket} (cluster ${clusterKey}), policy ${policy().source}, images from ${imageStore}`);
   });
-  // SIGTERM ends the agent but not its VMs: a restarted agent re-adopts them.
+  // SIGTERM ends the agent but not its VMs: a restarted agent re-attaches to them.
   for (const sig of ["SIGTERM", "SIGINT"] as const) {
     process.on(sig, () => {
       log(`${sig}: exiting, VMs keep running`);
       agent.close();
       server.close();
+      lock.close();
       process.exit(0);
     });
   }
 }
 
-main();
+main().catch((err: Error) => fail(`agent failed: ${err.stack ?? err.message}`, 1));

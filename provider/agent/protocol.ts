@@ -1,6 +1,9 @@
-// The node agent's HTTP API, shared by the agent and its clients.
+// The node agent's HTTP API, shared by the agent and its clients. Local agents
+// serve it on a unix socket inside their 0700 state directory, so a client
+// knows who it talks to before it sends the token.
 //
 //   GET    /healthz                  liveness, no token needed
+//   GET    /v1/policy                the site policy this agent enforces, no token needed
 //   GET    /v1/vms                   every VM this agent holds
 //   PUT    /v1/vms/{name}            desired state (idempotent)
 //   GET    /v1/vms/{name}            desired + observed state, job result
@@ -9,11 +12,40 @@
 //   POST   /v1/vms/{name}/migrate    migrate the running VM to {target} and forget it here
 //   POST   /v1/shutdown              stop every VM, then the agent exits
 //
-// Every /v1 request needs "Authorization: Bearer <token>" (401 otherwise).
+// Every other /v1 request needs "Authorization: Bearer <token>": missing or
+// wrong gets 401, a token of another cluster 403. A config outside the agent's
+// allowlist or the site policy gets 403, naming the line or rule and field.
 
 export const VM_NAME_PATTERN = /^[a-z]([a-z0-9-]{0,78}[a-z0-9])?$/;
 
 export const AGENT_HYPERVISORS = ["qemu", "libvirt"];
+
+/** A refusal with its HTTP status: 400 malformed, 401/403 authentication, 403 policy or allowlist, 404, 409, 413. */
+export class AgentRefusal extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A cluster's token names its cluster (the public key part) so an agent can tell a foreign token (403) from a wrong one (401). */
+export const TOKEN_PATTERN = /^vse1\.([0-9a-f]{10})\.([0-9a-f]{64})$/;
+
+export function newClusterToken(clusterKey: string): string {
+  const crypto = require("crypto") as typeof import("crypto");
+  return `vse1.${clusterKey}.${crypto.randomBytes(32).toString("hex")}`;
+}
+
+/** Control characters (C0 and DEL) other than the ones allowed; a config may only carry newlines between its lines. */
+export function controlCharacter(text: string, allowNewline = false): { index: number; code: number } | undefined {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if ((c < 0x20 && !(allowNewline && c === 0x0a)) || c === 0x7f) return { index: i, code: c };
+  }
+  return undefined;
+}
 
 export interface VmSpec {
   /** qemu (the agent supervises QEMU itself) or libvirt (through libvirtd); others are refused with 400. */
@@ -70,9 +102,18 @@ export function checkVmSpec(body: unknown): string | undefined {
   }
   if (typeof b.config !== "string" || !b.config.trim()) return "config: expected a non-empty string";
   if (b.config.length > 65536) return "config: expected at most 65536 characters";
+  const cc = controlCharacter(b.config, true);
+  if (cc) {
+    const line = b.config.slice(0, cc.index).split("\n").length;
+    return `config line ${line}: control character 0x${cc.code.toString(16).padStart(2, "0")} is not allowed`;
+  }
   const m = b.markers as Record<string, unknown> | undefined;
-  if (typeof m !== "object" || m === null || typeof m.begin !== "string" || typeof m.end !== "string" || !m.begin || !m.end) {
-    return "markers: expected an object with non-empty strings begin and end";
+  if (typeof m !== "object" || m === null || Array.isArray(m) || Object.keys(m).some((k) => k !== "begin" && k !== "end")) {
+    return "markers: expected an object with exactly the strings begin and end";
+  }
+  for (const k of ["begin", "end"] as const) {
+    const v = m[k];
+    if (typeof v !== "string" || !/^[ -~]{1,128}$/.test(v)) return `markers.${k}: expected 1 to 128 printable ASCII characters`;
   }
   if (typeof b.stopGraceSeconds !== "number" || !(b.stopGraceSeconds >= 0 && b.stopGraceSeconds <= 600)) {
     return "stopGraceSeconds: expected a number from 0 to 600";

@@ -1,36 +1,58 @@
 import * as crypto from "crypto";
 import * as http from "http";
+import type { SitePolicy } from "../model/types.generated";
 import { Agent } from "./agent";
-import { checkVmSpec, VM_NAME_PATTERN, VmSpec } from "./protocol";
+import { AgentRefusal, checkVmSpec, controlCharacter, TOKEN_PATTERN, VM_NAME_PATTERN, VmSpec } from "./protocol";
 
-const MAX_BODY_BYTES = 1024 * 1024;
+export const MAX_BODY_BYTES = 256 * 1024;
+/** Limits on the transport: a slow or greedy client cannot hold the agent. */
+export const SERVER_LIMITS = {
+  maxConnections: 32,
+  headersTimeoutMs: 5000,
+  /** Receiving a whole request (headers and body); answers may take longer (a migration). */
+  requestTimeoutMs: 10000,
+  keepAliveTimeoutMs: 5000,
+  /** A socket with no traffic at all for this long is closed; longer than any operation. */
+  idleTimeoutMs: 180000,
+};
 
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
+export interface ServerOptions {
+  token: string;
+  clusterKey: string;
+  policy: () => { doc: SitePolicy; source: string };
+  onShutdown: () => void;
 }
 
-function tokenMatches(header: string | undefined, token: string): boolean {
-  const m = /^Bearer (.+)$/.exec(header ?? "");
-  if (!m) return false;
-  const a = crypto.createHash("sha256").update(m[1]).digest();
-  const b = crypto.createHash("sha256").update(token).digest();
-  return crypto.timingSafeEqual(a, b);
+function sha(text: string): Buffer {
+  return crypto.createHash("sha256").update(text).digest();
+}
+
+/** 401 for a missing or wrong token, 403 for a token of another cluster; each with its own message. */
+export function authenticate(header: string | undefined, token: string, clusterKey: string): void {
+  if (header === undefined || header === "") throw new AgentRefusal(401, "missing bearer token: send Authorization: Bearer <the cluster's token>");
+  const m = /^Bearer ([!-~]{1,200})$/.exec(header);
+  if (!m) throw new AgentRefusal(401, "malformed Authorization header: expected Bearer <token>");
+  if (crypto.timingSafeEqual(sha(m[1]), sha(token))) return;
+  const t = TOKEN_PATTERN.exec(m[1]);
+  if (t && t[1] !== clusterKey) throw new AgentRefusal(403, `this token belongs to cluster ${t[1]}; this agent serves cluster ${clusterKey} only`);
+  throw new AgentRefusal(401, "wrong bearer token for this cluster");
 }
 
 function readBody(req: http.IncomingMessage): Promise<unknown> {
+  const declared = Number(req.headers["content-length"] ?? "0");
+  if (declared > MAX_BODY_BYTES) {
+    req.resume();
+    return Promise.reject(new AgentRefusal(413, `body: expected at most ${MAX_BODY_BYTES} bytes, Content-Length says ${declared}`));
+  }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on("data", (c: Buffer) => {
       size += c.length;
       if (size > MAX_BODY_BYTES) {
-        reject(new HttpError(413, `body: expected at most ${MAX_BODY_BYTES} bytes`));
-        req.destroy();
+        reject(new AgentRefusal(413, `body: expected at most ${MAX_BODY_BYTES} bytes`));
+        req.removeAllListeners("data");
+        req.resume();
         return;
       }
       chunks.push(c);
@@ -40,92 +62,119 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
       try {
         resolve(JSON.parse(text));
       } catch (err) {
-        reject(new HttpError(400, `body: expected JSON (${(err as Error).message})`));
+        reject(new AgentRefusal(400, `body: expected JSON (${(err as Error).message})`));
       }
     });
     req.on("error", reject);
   });
 }
 
+function allow(req: http.IncomingMessage, method: string, pathname: string): void {
+  if (req.method !== method) throw new AgentRefusal(405, `${req.method} is not allowed on ${pathname}`);
+}
+
 /** The agent's HTTP API (see protocol.ts); one bad request never affects another. */
-export function createServer(agent: Agent, token: string, onShutdown: () => void): http.Server {
+export function createServer(agent: Agent, o: ServerOptions): http.Server {
   const handle = async (req: http.IncomingMessage): Promise<[number, unknown]> => {
-    const url = new URL(req.url ?? "/", "http://agent");
-    if (url.pathname === "/healthz" && req.method === "GET") return [200, { ok: true, pid: process.pid }];
-    if (!url.pathname.startsWith("/v1/")) throw new HttpError(404, `no such endpoint ${url.pathname}`);
-    if (!tokenMatches(req.headers.authorization, token)) throw new HttpError(401, "missing or wrong bearer token");
+    const raw = req.url ?? "/";
+    if (raw.length > 512 || controlCharacter(decodeURIComponentSafe(raw))) throw new AgentRefusal(400, "url: expected at most 512 printable characters");
+    const url = new URL(raw, "http://agent");
+    if (url.pathname === "/healthz") {
+      allow(req, "GET", url.pathname);
+      return [200, { ok: true, pid: process.pid, clusterKey: o.clusterKey, ...(agent.persistError ? { persistError: agent.persistError } : {}) }];
+    }
+    if (url.pathname === "/v1/policy") {
+      allow(req, "GET", url.pathname);
+      const p = o.policy();
+      return [200, { policy: p.doc, source: p.source }];
+    }
+    if (!url.pathname.startsWith("/v1/")) throw new AgentRefusal(404, `no such endpoint ${url.pathname}`);
+    authenticate(req.headers.authorization, o.token, o.clusterKey);
 
     if (url.pathname === "/v1/vms") {
-      if (req.method !== "GET") throw new HttpError(405, `${req.method} is not allowed on /v1/vms`);
-      return [200, { vms: agent.list() }];
+      allow(req, "GET", url.pathname);
+      return [200, { vms: await agent.list() }];
     }
     if (url.pathname === "/v1/shutdown") {
-      if (req.method !== "POST") throw new HttpError(405, `${req.method} is not allowed on /v1/shutdown`);
+      allow(req, "POST", url.pathname);
       await agent.shutdown();
-      setImmediate(onShutdown);
+      setImmediate(o.onShutdown);
       return [200, { ok: true }];
     }
     const m = /^\/v1\/vms\/([^/]+)(\/incoming|\/migrate)?$/.exec(url.pathname);
-    if (!m) throw new HttpError(404, `no such endpoint ${url.pathname}`);
-    const name = decodeURIComponent(m[1]);
-    if (!VM_NAME_PATTERN.test(name)) throw new HttpError(400, `name: expected a lowercase DNS label, found ${JSON.stringify(name)}`);
-    if (m[2]) {
-      if (req.method !== "POST") throw new HttpError(405, `${req.method} is not allowed on ${url.pathname}`);
+    if (!m) throw new AgentRefusal(404, `no such endpoint ${url.pathname}`);
+    const name = decodeURIComponentSafe(m[1]);
+    if (!VM_NAME_PATTERN.test(name)) throw new AgentRefusal(400, `name: expected a lowercase DNS label, found ${JSON.stringify(name.slice(0, 100))}`);
+    if (m[2] === "/incoming") {
+      allow(req, "POST", url.pathname);
       const body = await readBody(req);
-      try {
-        if (m[2] === "/incoming") {
-          const problem = checkVmSpec(body);
-          if (problem) throw new HttpError(400, problem);
-          return [200, await agent.incoming(name, body as VmSpec)];
-        }
-        const target = (body as { target?: unknown })?.target;
-        if (typeof target !== "string" || !/^tcp:127\.0\.0\.1:[0-9]{1,5}$/.test(target))
-          throw new HttpError(400, "target: expected tcp:127.0.0.1:<port> (a migration target on this machine)");
-        return [200, await agent.migrate(name, target)];
-      } catch (err) {
-        if (err instanceof HttpError) throw err;
-        const msg = (err as Error).message;
-        throw new HttpError(/^(config|hypervisor)/.test(msg) ? 400 : /^conflict/.test(msg) ? 409 : /^not found/.test(msg) ? 404 : 500, msg);
-      }
+      const problem = checkVmSpec(body);
+      if (problem) throw new AgentRefusal(400, problem);
+      return [200, await agent.incoming(name, body as VmSpec)];
+    }
+    if (m[2] === "/migrate") {
+      allow(req, "POST", url.pathname);
+      const body = (await readBody(req)) as { target?: unknown } | null;
+      if (typeof body !== "object" || body === null || Object.keys(body).some((k) => k !== "target") || typeof body.target !== "string")
+        throw new AgentRefusal(400, "body: expected { target: string }");
+      return [200, await agent.migrate(name, body.target)];
     }
     switch (req.method) {
       case "GET": {
-        const vm = agent.get(name);
-        if (!vm) throw new HttpError(404, `no VM named ${name}`);
+        const vm = await agent.get(name);
+        if (!vm) throw new AgentRefusal(404, `no VM named ${name}`);
         return [200, vm];
       }
       case "PUT": {
         const body = await readBody(req);
         const problem = checkVmSpec(body);
-        if (problem) throw new HttpError(400, problem);
-        try {
-          return [200, await agent.put(name, body as VmSpec)];
-        } catch (err) {
-          const msg = (err as Error).message;
-          // A config the driver refuses is the caller's mistake; anything else is ours.
-          throw new HttpError(/^config/.test(msg) ? 400 : 500, msg);
-        }
+        if (problem) throw new AgentRefusal(400, problem);
+        return [200, await agent.put(name, body as VmSpec)];
       }
       case "DELETE":
         return (await agent.delete(name)) ? [200, { deleted: name }] : [404, { error: `no VM named ${name}` }];
       default:
-        throw new HttpError(405, `${req.method} is not allowed on ${url.pathname}`);
+        throw new AgentRefusal(405, `${req.method} is not allowed on ${url.pathname}`);
     }
   };
 
-  return http.createServer((req, res) => {
-    handle(req).then(
-      ([status, body]) => send(res, status, body),
-      (err: unknown) => {
-        const status = err instanceof HttpError ? err.status : 500;
-        const headers: http.OutgoingHttpHeaders = status === 401 ? { "WWW-Authenticate": 'Bearer realm="vse-agent"' } : {};
-        send(res, status, { error: (err as Error).message }, headers);
-      },
-    );
-  });
+  const server = http.createServer(
+    {
+      headersTimeout: SERVER_LIMITS.headersTimeoutMs,
+      requestTimeout: SERVER_LIMITS.requestTimeoutMs,
+      keepAliveTimeout: SERVER_LIMITS.keepAliveTimeoutMs,
+      // Check the timeouts above every second, not every 30 s (Node's default).
+      connectionsCheckingInterval: 1000,
+      maxHeaderSize: 16 * 1024,
+    },
+    (req, res) => {
+      handle(req).then(
+        ([status, body]) => send(res, status, body),
+        (err: unknown) => {
+          const status = err instanceof AgentRefusal ? err.status : 500;
+          const headers: http.OutgoingHttpHeaders = status === 401 ? { "WWW-Authenticate": 'Bearer realm="vse-agent"' } : {};
+          // A body not read to its end would stall the connection; close it after the answer instead.
+          if (!req.complete) headers.Connection = "close";
+          send(res, status, { error: (err as Error).message }, headers);
+        },
+      );
+    },
+  );
+  server.maxConnections = SERVER_LIMITS.maxConnections;
+  server.setTimeout(SERVER_LIMITS.idleTimeoutMs);
+  return server;
+}
+
+function decodeURIComponentSafe(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw new AgentRefusal(400, "url: malformed percent-encoding");
+  }
 }
 
 function send(res: http.ServerResponse, status: number, body: unknown, headers: http.OutgoingHttpHeaders = {}): void {
+  if (res.headersSent || res.destroyed) return;
   const text = JSON.stringify(body);
   res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...headers });
   res.end(text);

@@ -1,27 +1,31 @@
-import * as crypto from "crypto";
 import * as fs from "fs";
 import * as path from "path";
-import { AgentClient } from "../agent/client";
+import { AgentClient, AgentError } from "../agent/client";
 import { readJson, writeFileAtomic } from "../agent/state";
-import { configVmName, isQemuFor } from "../drivers/qemu";
 
 /** One node agent, as the cluster resource records it. */
 export interface AgentRecord {
   host: number;
+  /** unix:<stateDir>/agent.sock */
   url: string;
-  port: number;
   pid: number;
   stateDir: string;
+}
+
+/** What every agent of a cluster is started with. */
+export interface AgentLaunch {
+  token: string;
+  clusterKey: string;
+  /** The host's content-addressed image store. */
+  imageStore: string;
+  /** The site policy file; without one the agent enforces the permissive local default. */
+  policyFile?: string;
 }
 
 // The daemon always runs compiled code, also when this module is loaded from sources (ts-jest).
 const AGENT_MAIN = __filename.endsWith(".ts")
   ? path.resolve(__dirname, "..", "..", "dist", "provider", "agent", "main.js")
   : path.resolve(__dirname, "..", "agent", "main.js");
-
-export function newToken(): string {
-  return crypto.randomBytes(32).toString("hex");
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -37,21 +41,25 @@ function isAgentProcess(pid: number, stateDir: string): boolean {
 }
 
 /**
- * Starts (or restarts) the agent for one host as a detached daemon on
- * 127.0.0.1 and waits until it serves. A restart reuses the host's port and
- * state directory, so the agent re-adopts the VMs it was running.
+ * Starts (or restarts) the agent for one host as a detached daemon serving on
+ * a unix socket in its state directory, and waits until it serves. A restart
+ * reuses the state directory, so the agent re-attaches to the VMs it was running.
  */
-export async function startLocalAgent(stateDir: string, token: string, host: number, port = 0): Promise<AgentRecord> {
+export async function startLocalAgent(stateDir: string, launch: AgentLaunch, host: number): Promise<AgentRecord> {
   const execa = require("execa") as typeof import("execa");
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-  const tokenFile = path.join(stateDir, "token");
-  writeFileAtomic(tokenFile, token, 0o600);
+  fs.chmodSync(stateDir, 0o700);
   const infoFile = path.join(stateDir, "agent.json");
-  fs.rmSync(infoFile, { force: true });
+  const live = readJson<{ pid: number }>(infoFile);
+  if (live && isAgentProcess(live.pid, stateDir)) throw new Error(`node agent for host ${host}: another agent (pid ${live.pid}) holds ${stateDir}`);
+  const tokenFile = path.join(stateDir, "token");
+  writeFileAtomic(tokenFile, launch.token, 0o600);
   const logFd = fs.openSync(path.join(stateDir, "agent.log"), "a");
+  const args = [AGENT_MAIN, "--state-dir", stateDir, "--token-file", tokenFile, "--cluster-key", launch.clusterKey, "--image-store", launch.imageStore];
+  if (launch.policyFile) args.push("--policy", launch.policyFile);
   let child;
   try {
-    child = execa(process.execPath, [AGENT_MAIN, "--state-dir", stateDir, "--token-file", tokenFile, "--port", String(port)], {
+    child = execa(process.execPath, args, {
       detached: true,
       stdin: "ignore",
       stdout: logFd,
@@ -68,10 +76,10 @@ export async function startLocalAgent(stateDir: string, token: string, host: num
   child.on("exit", () => (exited = true));
   const deadline = Date.now() + 15000;
   while (Date.now() < deadline && !exited) {
-    const info = readJson<{ pid: number; port: number; url: string }>(infoFile);
+    const info = readJson<{ pid: number; url: string }>(infoFile);
     if (info && info.pid === child.pid) {
       child.unref();
-      return { host, url: info.url, port: info.port, pid: info.pid, stateDir };
+      return { host, url: info.url, pid: info.pid, stateDir };
     }
     await sleep(25);
   }
@@ -84,6 +92,44 @@ export async function startLocalAgent(stateDir: string, token: string, host: num
   throw new Error(`node agent for host ${host} did not start (state ${stateDir}):\n${logTail}`);
 }
 
+/**
+ * Runs the agent's own code in this process over the state directory of an
+ * agent that is dead: it re-attaches to what still runs through the drivers,
+ * so removing VMs works as the agent would do it. Refuses while the agent lives.
+ */
+export async function withOfflineAgent<T>(stateDir: string, clusterKey: string, fn: (agent: import("../agent/agent").Agent) => Promise<T>): Promise<T> {
+  const info = readJson<{ pid: number }>(path.join(stateDir, "agent.json"));
+  if (info && isAgentProcess(info.pid, stateDir)) throw new Error(`the agent of ${stateDir} (pid ${info.pid}) is alive; ask it instead`);
+  const { Agent } = require("../agent/agent") as typeof import("../agent/agent");
+  const { ImageStore } = require("../agent/image-store") as typeof import("../agent/image-store");
+  const { PERMISSIVE_SITE_POLICY } = require("../model/site-policy") as typeof import("../model/site-policy");
+  // Only removals run here: an empty image store admits nothing new.
+  const { waitForLock } = require("../agent/lock") as typeof import("../agent/lock");
+  // The agent's own lock: no agent starts meanwhile, and two removals here take turns.
+  const lock = await waitForLock(stateDir, 60000);
+  const agent = new Agent({ stateDir, clusterKey, images: new ImageStore(path.join(stateDir, "no-images")), policy: () => PERMISSIVE_SITE_POLICY });
+  try {
+    await agent.load();
+    return await fn(agent);
+  } finally {
+    agent.close();
+    lock.close();
+  }
+}
+
+/** Ends an agent process but not its VMs (SIGTERM, then SIGKILL), so that a new one can re-attach to them. */
+export async function terminateLocalAgent(a: AgentRecord): Promise<void> {
+  const info = readJson<{ pid: number }>(path.join(a.stateDir, "agent.json"));
+  for (const pid of new Set([a.pid, info?.pid].filter((p): p is number => p !== undefined))) {
+    if (!isAgentProcess(pid, a.stateDir)) continue;
+    process.kill(pid, "SIGTERM");
+    const deadline = Date.now() + 5000;
+    while (isAgentProcess(pid, a.stateDir) && Date.now() < deadline) await sleep(50);
+    if (isAgentProcess(pid, a.stateDir)) process.kill(pid, "SIGKILL");
+    while (isAgentProcess(pid, a.stateDir)) await sleep(20);
+  }
+}
+
 /** Whether the recorded agent answers its health check. */
 export async function agentHealthy(a: AgentRecord, token: string): Promise<boolean> {
   try {
@@ -94,24 +140,33 @@ export async function agentHealthy(a: AgentRecord, token: string): Promise<boole
   }
 }
 
-/** Stops an agent and every VM it runs, then removes its state directory. */
-export async function stopLocalAgent(a: AgentRecord, token: string): Promise<void> {
+/**
+ * Stops an agent and every VM it runs, then removes its state directory. When
+ * the agent cannot do it (dead, or it failed), the same agent code runs here
+ * over its state directory: it re-attaches to what still runs through the
+ * drivers and destroys every VM, QEMU and libvirt alike. Every step runs even
+ * when an earlier one failed; the errors are reported together at the end and
+ * the state directory is then kept, so a retry can finish the job.
+ */
+export async function stopLocalAgent(a: AgentRecord, launch: Pick<AgentLaunch, "token" | "clusterKey" | "imageStore">): Promise<void> {
+  const errors: string[] = [];
+  let clean = false;
   try {
-    await new AgentClient(a.url, token).shutdown();
-  } catch {
-    // An unreachable agent is handled below by pid.
+    await new AgentClient(a.url, launch.token).shutdown();
+    clean = true;
+  } catch (err) {
+    if (!(err instanceof AgentError && err.status === 0)) errors.push(`agent of host ${a.host}: ${(err as Error).message}`);
   }
   const info = readJson<{ pid: number }>(path.join(a.stateDir, "agent.json"));
   for (const pid of new Set([a.pid, info?.pid].filter((p): p is number => p !== undefined))) {
     const deadline = Date.now() + 5000;
     while (isAgentProcess(pid, a.stateDir) && Date.now() < deadline) await sleep(50);
     if (isAgentProcess(pid, a.stateDir)) process.kill(pid, "SIGKILL");
+    while (isAgentProcess(pid, a.stateDir)) await sleep(20);
   }
-  // An agent that could not shut down cleanly may have left VMs behind.
-  const state = readJson<{ vms: { spec: { config: string }; observed: { pid?: number } }[] }>(path.join(a.stateDir, "state.json"));
-  for (const vm of state?.vms ?? []) {
-    const pid = vm.observed.pid;
-    if (pid !== undefined && isQemuFor(pid, configVmName(vm.spec.config))) process.kill(pid, "SIGKILL");
+  if (!clean && fs.existsSync(path.join(a.stateDir, "state.json"))) {
+    await withOfflineAgent(a.stateDir, launch.clusterKey, (agent) => agent.shutdown()).catch((err: Error) => errors.push(`host ${a.host}: ${err.message}`));
   }
+  if (errors.length) throw new Error(`could not stop everything of host ${a.host} (state kept in ${a.stateDir}): ${errors.join("; ")}`);
   fs.rmSync(a.stateDir, { recursive: true, force: true });
 }

@@ -3,6 +3,7 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import { clusterKey } from "../drivers/network";
 import { hostKernel, imageId, imageRef } from "../image/busybox";
 import { loadDefinitions } from "../model/load";
 import { resolveClusters } from "../model/resolve";
@@ -58,12 +59,13 @@ export async function modelThroughput(): Promise<{
     const vms = clusters.reduce((n, c) => n + c.vms.length, 0);
 
     // As planClusters renders: one image id per cluster, one config per VM (accel already resolved).
-    const cacheDir = path.join(dir, "cache");
     const pass = () => {
       let bytes = 0;
       for (const c of clusters) {
-        const image = imageRef(cacheDir, imageId(c.environment, kernel));
-        for (const vm of c.vms) bytes += renderVmConfig({ cluster: c.name, vm, image, accel: "tcg", kernelArgs: c.environment.kernelArgs }).length;
+        const image = imageRef(imageId(c.environment, kernel));
+        const key = clusterKey("vse", "bench", c.name);
+        for (const vm of c.vms)
+          bytes += renderVmConfig({ cluster: c.name, clusterKey: key, vm, image, accel: "tcg", kernelArgs: c.environment.kernelArgs }).length;
       }
       return bytes;
     };

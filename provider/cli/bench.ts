@@ -7,8 +7,9 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import { clusterKey } from "../drivers/network";
 import { qemuArgs, QEMU_BINARY, vmPaths } from "../drivers/qemu";
-import { buildImage, markersFor } from "../image/busybox";
+import { buildImage, imageRef, imageResolver, markersFor } from "../image/busybox";
 import type { EnvironmentModel, VmModel } from "../model/resolve";
 import { renderVmConfig } from "../render/render";
 import { engineEnv, openStack, PROJECT_ROOT } from "./engine";
@@ -59,11 +60,11 @@ async function bareBoot(tmp: string, accel: "tcg" | "kvm"): Promise<number> {
     host: 0,
     profile: { name: "bench-profile", hypervisor: "qemu", memoryMiB: 256, vcpus: 1, machine: "pc", accel: "auto" },
   };
-  const config = renderVmConfig({ cluster: "bench", vm, image: img, accel, kernelArgs: [] });
+  const config = renderVmConfig({ cluster: "bench", clusterKey: clusterKey("vse", "bench", "bench"), vm, image: imageRef(img.id), accel, kernelArgs: [] });
   const dir = fs.mkdtempSync(path.join(tmp, "bare-"));
   const paths = vmPaths(dir);
   const t0 = process.hrtime.bigint();
-  const child = execa(QEMU_BINARY, qemuArgs(config, paths), { stdin: "ignore", reject: false });
+  const child = execa(QEMU_BINARY, qemuArgs(config, paths, imageResolver(DEFAULT_CACHE_DIR)), { stdin: "ignore", reject: false });
   try {
     for (;;) {
       const text = fs.existsSync(paths.console) ? fs.readFileSync(paths.console, "utf8") : "";

@@ -15,15 +15,15 @@ export function engineBinDir(): string {
 }
 
 /**
- * Environment for running the engine: its binaries and the dynamic-provider
- * plugin (shipped inside @pulumi/pulumi) on PATH, a local file backend and a
- * passphrase secrets provider unless the caller set others.
+ * Environment for running the engine: its bin directory first on PATH (it
+ * holds the dynamic-provider plugin too, where the engine expects a bundled
+ * plugin: see scripts/setup.sh), a local file backend and a passphrase secrets
+ * provider unless the caller set others.
  */
 export function engineEnv(overrides: { backendUrl?: string; passphrase?: string } = {}): Record<string, string> {
-  const pluginDir = path.dirname(require.resolve("@pulumi/pulumi/package.json", { paths: [PROJECT_ROOT] }));
   const backendDir = path.join(PROJECT_ROOT, ".pulumi-state");
   return {
-    PATH: [engineBinDir(), pluginDir, process.env.PATH ?? "/usr/bin:/bin"].join(":"),
+    PATH: [engineBinDir(), process.env.PATH ?? "/usr/bin:/bin"].join(":"),
     PULUMI_BACKEND_URL: overrides.backendUrl ?? process.env.PULUMI_BACKEND_URL ?? `file://${backendDir}`,
     PULUMI_CONFIG_PASSPHRASE: overrides.passphrase ?? process.env.PULUMI_CONFIG_PASSPHRASE ?? "vse-local",
     PULUMI_SKIP_UPDATE_CHECK: "true",
@@ -31,11 +31,11 @@ export function engineEnv(overrides: { backendUrl?: string; passphrase?: string 
   };
 }
 
-/** Opens (or creates) a stack of the root Pulumi project through the Automation API. */
-export async function openStack(stackName: string, env: Record<string, string>) {
+/** Opens (or creates) a stack of a Pulumi project (default: the root project) through the Automation API. */
+export async function openStack(stackName: string, env: Record<string, string>, workDir: string = PROJECT_ROOT) {
   const { LocalWorkspace, PulumiCommand } = await import("@pulumi/pulumi/automation");
   const backend = env.PULUMI_BACKEND_URL;
   if (backend.startsWith("file://")) fs.mkdirSync(backend.slice("file://".length), { recursive: true });
   const pulumiCommand = await PulumiCommand.get({ root: path.dirname(engineBinDir()), skipVersionCheck: true });
-  return LocalWorkspace.createOrSelectStack({ stackName, workDir: PROJECT_ROOT }, { envVars: env, pulumiCommand });
+  return LocalWorkspace.createOrSelectStack({ stackName, workDir }, { envVars: env, pulumiCommand });
 }

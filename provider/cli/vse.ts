@@ -6,11 +6,13 @@ import * as os from "os";
 import * as path from "path";
 import { stringify } from "yaml";
 import { DefinitionError, DefinitionProblem, formatProblem } from "../model/errors";
-import { collectFiles, isPulumiProjectFile, loadDefinitions } from "../model/load";
+import { collectFiles, isPulumiProjectFile, loadDefinitions, Located } from "../model/load";
 import { Policy, vmEffectiveChange } from "../model/lifecycle";
 import { resolveClusters } from "../model/resolve";
 import { hostKernel } from "../image/busybox";
-import { ClusterPlan, DEFAULT_CACHE_DIR, offlineAgentInputs, PlanOptions, planClusters, VmPlan, vmInputs } from "../program/plan";
+import { ClusterPlan, DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, offlineAgentInputs, PlanOptions, planClusters, VmPlan, vmInputs } from "../program/plan";
+import { loadSitePolicy, sitePolicyFromObject } from "../model/site-policy";
+import type { SitePolicy } from "../model/types.generated";
 
 export interface CliIo {
   stdout: (text: string) => void;
@@ -19,23 +21,58 @@ export interface CliIo {
 }
 
 const USAGE = `usage:
-  vse validate <paths…> [--format text|json]
-  vse render <paths…> [--out <dir>] [--hypervisor <name>] [--cache-dir <dir>] [--accel-auto tcg|kvm]
-  vse plan --base <git-ref> [<paths…>] [--format text|markdown|json] [--cache-dir <dir>] [--accel-auto tcg|kvm]
+  vse validate <paths…> [--format text|json] [site policy options]
+  vse render <paths…> [--out <dir>] [--hypervisor <name>] [--cache-dir <dir>] [--accel-auto tcg|kvm] [--stack <name>] [site policy options]
+  vse plan --base <git-ref> [<paths…>] [--format text|markdown|json] [--cache-dir <dir>] [--accel-auto tcg|kvm] [--stack <name>] [site policy options]
 
   --accel-auto  what accel 'auto' resolves to, instead of a probe boot under KVM (offline use, CI)
   --hypervisor  render every profile for this hypervisor instead of its own (a what-if; policy still applies)
+  --stack, --project  the Pulumi stack and project the clusters run in (default local, vse): names, MACs and networks derive from them
+
+site policy options (the policy the node agents enforce; default: <state dir>/site-policy.yaml if it exists, else none):
+  --site-policy <file>   the site's SitePolicy file
+  --agent unix:<socket>  ask a running node agent for the policy it enforces (GET /v1/policy)
+  --state-dir <dir>      the agents' state root (default ~/.local/state/vse-provider)
 `;
 
 class UsageError extends Error {}
 
-const VALUE_OPTIONS = ["--format", "--out", "--base", "--cache-dir", "--accel-auto", "--hypervisor"] as const;
+const VALUE_OPTIONS = [
+  "--format",
+  "--out",
+  "--base",
+  "--cache-dir",
+  "--accel-auto",
+  "--hypervisor",
+  "--stack",
+  "--project",
+  "--site-policy",
+  "--agent",
+  "--state-dir",
+] as const;
 type OptionName = (typeof VALUE_OPTIONS)[number];
+const POLICY_OPTIONS: OptionName[] = ["--site-policy", "--agent", "--state-dir"];
 const OPTIONS_OF: Record<string, OptionName[]> = {
-  validate: ["--format"],
-  render: ["--out", "--hypervisor", "--cache-dir", "--accel-auto"],
-  plan: ["--base", "--format", "--cache-dir", "--accel-auto"],
+  validate: ["--format", ...POLICY_OPTIONS],
+  render: ["--out", "--hypervisor", "--cache-dir", "--accel-auto", "--stack", "--project", ...POLICY_OPTIONS],
+  plan: ["--base", "--format", "--cache-dir", "--accel-auto", "--stack", "--project", ...POLICY_OPTIONS],
 };
+
+/** The site policy the agents enforce, so that validate, render and plan report what the agents would refuse. */
+async function sitePolicyOf(options: Map<OptionName, string>, cwd: string): Promise<Located<SitePolicy>> {
+  const agent = options.get("--agent");
+  const file = options.get("--site-policy");
+  if (agent !== undefined && file !== undefined) throw new UsageError("give --site-policy or --agent, not both");
+  if (agent !== undefined) {
+    const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
+    const { policy } = await new AgentClient(agent, "").policy();
+    return sitePolicyFromObject(policy, `site policy of agent ${agent}`);
+  }
+  return loadSitePolicy({
+    file: file === undefined ? undefined : path.resolve(cwd, file),
+    stateRoot: path.resolve(cwd, options.get("--state-dir") ?? DEFAULT_STATE_DIR),
+  });
+}
 
 function parseArgs(argv: string[]): { command?: string; positional: string[]; options: Map<OptionName, string>; help: boolean } {
   const [command, ...rest] = argv;
@@ -74,11 +111,12 @@ function relativeProblems(problems: DefinitionProblem[], cwd: string): Definitio
   return problems.map((p) => ({ ...p, file: displayPath(path.resolve(cwd, p.file), cwd), message: p.message.split(prefix).join("") }));
 }
 
-function planOptions(options: Map<OptionName, string>): PlanOptions {
+async function planOptions(options: Map<OptionName, string>, cwd: string): Promise<PlanOptions> {
   const auto = options.get("--accel-auto");
-  if (auto === undefined) return {};
+  const where = { project: options.get("--project") ?? "vse", stack: options.get("--stack") ?? "local", sitePolicy: await sitePolicyOf(options, cwd) };
+  if (auto === undefined) return where;
   const accel = oneOf("--accel-auto", auto, ["tcg", "kvm"] as const, "tcg");
-  return { resolveAccel: async (a) => (a === "auto" ? accel : a) };
+  return { ...where, resolveAccel: async (a) => (a === "auto" ? accel : a) };
 }
 
 /** Runs the CLI; returns the exit code (0 ok, 1 invalid definitions, 2 usage or environment error). */
@@ -99,7 +137,7 @@ export async function main(argv: string[], io: Partial<CliIo> = {}): Promise<num
     }
     switch (args.command) {
       case "validate":
-        return validate(args.positional, args.options, full);
+        return await validate(args.positional, args.options, full);
       case "render":
         return await render(args.positional, args.options, full);
       case "plan":
@@ -126,14 +164,15 @@ function requirePaths(positional: string[], cwd: string): string[] {
   return positional.map((p) => path.resolve(cwd, p));
 }
 
-function validate(positional: string[], options: Map<OptionName, string>, io: CliIo): number {
+async function validate(positional: string[], options: Map<OptionName, string>, io: CliIo): Promise<number> {
   const format = oneOf("--format", options.get("--format"), ["text", "json"] as const, "text");
   const paths = requirePaths(positional, io.cwd);
   let problems: DefinitionProblem[] = [];
   let summary = "";
   try {
+    const sitePolicy = await sitePolicyOf(options, io.cwd);
     const defs = loadDefinitions(paths);
-    const clusters = resolveClusters(defs, { kernelRelease: () => hostKernel().release });
+    const clusters = resolveClusters(defs, { kernelRelease: () => hostKernel().release, sitePolicy });
     const count = defs.environments.size + defs.profiles.size + defs.clusters.size + (defs.policies?.size ?? 0);
     summary = `${count} definitions valid (${clusters.length} clusters, ${clusters.reduce((n, c) => n + c.vms.length, 0)} VMs)`;
   } catch (e) {
@@ -203,7 +242,7 @@ async function render(positional: string[], options: Map<OptionName, string>, io
   const paths = requirePaths(positional, io.cwd);
   const cacheDir = path.resolve(io.cwd, options.get("--cache-dir") ?? DEFAULT_CACHE_DIR);
   const hypervisor = options.get("--hypervisor");
-  const plans = await planClusters(paths, cacheDir, { ...planOptions(options), ...(hypervisor === undefined ? {} : { hypervisor }) });
+  const plans = await planClusters(paths, cacheDir, { ...(await planOptions(options, io.cwd)), ...(hypervisor === undefined ? {} : { hypervisor }) });
   const outDir = options.get("--out");
   if (outDir) {
     const dir = path.resolve(io.cwd, outDir);
@@ -416,7 +455,7 @@ async function plan(positional: string[], options: Map<OptionName, string>, io: 
   const format = oneOf("--format", options.get("--format"), ["text", "markdown", "json"] as const, "text");
   const paths = (positional.length ? positional : ["."]).map((p) => path.resolve(io.cwd, p));
   const cacheDir = path.resolve(io.cwd, options.get("--cache-dir") ?? DEFAULT_CACHE_DIR);
-  const opts = planOptions(options);
+  const opts = await planOptions(options, io.cwd);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vse-plan-"));
   try {
     const sides = await materialise(ref, paths, io.cwd, tmp);

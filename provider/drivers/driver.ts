@@ -71,11 +71,30 @@ export interface StartOptions {
   incoming?: string;
 }
 
+/** How a hypervisor process ended: exit code or signal; both null when the process was not ours to wait for. */
+export interface ExitStatus {
+  code: number | null;
+  signal: string | null;
+}
+
+/** The process that runs a VM, as the agent supervises it. */
+export interface RunningVm {
+  pid: number;
+  /** Resolves when the process ends, with its status where the driver can read it (its own child). Absent for a re-attached process. */
+  exited?: Promise<ExitStatus>;
+}
+
 /** Operations on VMs of one host. Methods that do not apply to a hypervisor are absent, as its capabilities say. */
 export interface DriverOps {
-  /** Records the VM (libvirt: define) without starting it. */
+  /** Records the VM (libvirt: define) without starting it; refuses a config outside the driver's allowlist (ConfigRefused). */
   create(vm: VmInstance): Promise<void>;
-  start(name: string, opts?: StartOptions): Promise<void>;
+  /** Starts the VM; resolves once its process is up (QEMU: its monitor answers). A VM already running is left as it is. */
+  start(name: string, opts?: StartOptions): Promise<RunningVm>;
+  /**
+   * Re-attaches to the VM's live process after the agent restarted (Nomad's RecoverTask): the process
+   * its pidfile names, checked by pidfile path and VM name together, never by pid alone. Undefined when it is not running.
+   */
+  recover(name: string): Promise<RunningVm | undefined>;
   /** Graceful power-off, then force once graceMs have passed; resolves when the VM is down. */
   stop(name: string, graceMs: number): Promise<void>;
   pause(name: string): Promise<void>;
@@ -83,12 +102,17 @@ export interface DriverOps {
   status(name: string): Promise<VmStatus>;
   /** Forces the VM off if it runs and removes every trace of it (libvirt: undefine). */
   destroy(name: string): Promise<void>;
-  migrate?(name: string, targetUri: string): Promise<void>;
+  /** Live migration to a VM started with StartOptions.incoming; resolves once the source has handed over and ended. On failure the source keeps running. */
+  migrate?(name: string, targetUri: string): Promise<{ totalMs: number; downtimeMs: number }>;
 }
 
 export interface OpenOptions {
-  /** Where the driver keeps per-VM runtime files. */
+  /** Where the driver keeps per-VM runtime files: one directory per VM, <stateDir>/<name>, whose console.log is the serial console (the job's output is read from its tail). */
   stateDir: string;
+  /** Resolves a content-addressed image reference (image:<id>/<file>) to a file of the host's image store; throws when it is not there. */
+  resolveImage?: (id: string, file: "vmlinuz" | "initrd.img") => string;
+  /** Prefixes hypervisor-global names (libvirt domains) so that two stacks never touch each other's VMs: vse-<cluster key>-. */
+  domainPrefix?: string;
 }
 
 export interface Driver {

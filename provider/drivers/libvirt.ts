@@ -1,7 +1,11 @@
 import * as fs from "fs";
 import * as path from "path";
 import type { RenderInput } from "../render/render";
-import { binaryOnPath, Driver, DriverOps, OpenOptions, renderFor, requireAvailable, Requirement, VmInstance, VmState, VmStatus } from "./driver";
+import { binaryOnPath, Driver, DriverOps, OpenOptions, renderFor, requireAvailable, Requirement, RunningVm, VmInstance, VmState, VmStatus } from "./driver";
+import { defaultImageResolver, ImageResolver, isQemuFor } from "./qemu";
+import { parseLibvirtDomain, resolveLibvirtDomain } from "./libvirt-domain";
+
+export { AGENT_CONSOLE_PLACEHOLDER, parseLibvirtDomain, resolveLibvirtDomain } from "./libvirt-domain";
 
 export const LIBVIRT_URI = "qemu:///system";
 const LIBVIRT_SOCKET = "/var/run/libvirt/libvirt-sock";
@@ -67,62 +71,104 @@ function state(detail: string): VmState {
   }
 }
 
-/** libvirt through virsh: define, start, shutdown (then destroy), suspend, resume, domstate, undefine. */
+/** Where libvirtd writes the pid of a domain's QEMU. */
+const LIBVIRT_PID_DIR = "/var/run/libvirt/qemu";
+
+/**
+ * libvirt through virsh: define, start, shutdown (then destroy), suspend,
+ * resume, domstate, undefine. VMs are named as the agent names them; their
+ * domains carry the cluster's prefix (libvirt's names are host-global), and the
+ * XML defined is the allowlisted config with the agent's own image and console
+ * paths filled in.
+ */
 class LibvirtOps implements DriverOps {
   constructor(
     private readonly stateDir: string,
     private readonly uri: string,
+    private readonly prefix: string,
+    private readonly resolveImage: ImageResolver,
   ) {}
 
+  private domain(name: string): string {
+    if (!/^[a-z]([a-z0-9-]*[a-z0-9])?$/.test(name)) throw new Error(`VM name ${JSON.stringify(name)} is not a valid name`);
+    return `${this.prefix}${name}`;
+  }
+
+  private dir(name: string): string {
+    return path.join(this.stateDir, name);
+  }
+
   private async exists(name: string): Promise<boolean> {
-    return (await listDomains(this.uri)).includes(name);
+    return (await listDomains(this.uri)).includes(this.domain(name));
   }
 
   async create(vm: VmInstance): Promise<void> {
-    // virsh define takes the name from the XML; every later call uses vm.name.
-    const named = /<name>([^<]*)<\/name>/.exec(vm.config)?.[1];
-    if (named !== vm.name) throw new Error(`libvirt: domain XML of VM ${vm.name} names ${JSON.stringify(named ?? null)} in <name>`);
-    const file = path.join(this.stateDir, `${vm.name}.xml`);
-    fs.mkdirSync(this.stateDir, { recursive: true });
-    fs.writeFileSync(file, vm.config);
+    const { facts } = parseLibvirtDomain(vm.config);
+    // virsh define takes the name from the XML; every later call uses the domain name.
+    if (facts.name !== this.domain(vm.name))
+      throw new Error(`libvirt: domain XML of VM ${vm.name} names "${facts.name}" in <name>, expected "${this.domain(vm.name)}"`);
+    const dir = this.dir(vm.name);
+    fs.mkdirSync(dir, { recursive: true });
+    const xml = resolveLibvirtDomain(vm.config, { resolveImage: this.resolveImage, consolePath: path.join(dir, "console.log") });
+    const file = path.join(dir, "domain.xml");
+    fs.writeFileSync(file, xml);
     await virsh(["define", file], this.uri);
   }
 
-  async start(name: string): Promise<void> {
-    if ((await this.status(name)).state === "running") return;
-    await virsh(["start", name], this.uri);
+  /** The pid of the domain's QEMU while it runs, checked against its name. */
+  private pid(name: string): number | undefined {
+    const domain = this.domain(name);
+    try {
+      const pid = Number(fs.readFileSync(path.join(LIBVIRT_PID_DIR, `${domain}.pid`), "utf8").trim());
+      return pid > 0 && isQemuFor(pid, domain) ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async start(name: string): Promise<RunningVm> {
+    if ((await this.status(name)).state !== "running") await virsh(["start", this.domain(name)], this.uri);
+    const pid = this.pid(name);
+    if (pid === undefined) throw new Error(`libvirt: domain ${this.domain(name)} started but its QEMU process was not found (${LIBVIRT_PID_DIR})`);
+    return { pid };
+  }
+
+  async recover(name: string): Promise<RunningVm | undefined> {
+    const pid = this.pid(name);
+    return pid === undefined ? undefined : { pid };
   }
 
   async stop(name: string, graceMs: number): Promise<void> {
     if (!(await this.exists(name))) return;
+    const domain = this.domain(name);
     const st = await this.status(name);
     if (st.state === "stopped") return;
     if (graceMs > 0 && st.state === "running") {
-      await virsh(["shutdown", name], this.uri).catch(() => undefined);
+      await virsh(["shutdown", domain], this.uri).catch(() => undefined);
       const deadline = Date.now() + graceMs;
       while (Date.now() < deadline) {
         if ((await this.status(name)).state === "stopped") return;
         await sleep(200);
       }
     }
-    await virsh(["destroy", name], this.uri).catch(async (err) => {
+    await virsh(["destroy", domain], this.uri).catch(async (err) => {
       // Ended on its own between the check and the destroy: that is what we wanted.
       if ((await this.status(name)).state !== "stopped") throw err;
     });
   }
 
   async pause(name: string): Promise<void> {
-    await virsh(["suspend", name], this.uri);
+    await virsh(["suspend", this.domain(name)], this.uri);
   }
 
   async resume(name: string): Promise<void> {
-    await virsh(["resume", name], this.uri);
+    await virsh(["resume", this.domain(name)], this.uri);
   }
 
   async status(name: string): Promise<VmStatus> {
     if (!(await this.exists(name))) return { state: "absent", detail: "not defined" };
-    const detail = (await virsh(["domstate", name], this.uri)).trim();
-    const info = await virsh(["dominfo", name], this.uri);
+    const detail = (await virsh(["domstate", this.domain(name)], this.uri)).trim();
+    const info = await virsh(["dominfo", this.domain(name)], this.uri);
     const field = (key: string) => new RegExp(`^${key}:\\s+(\\d+)`, "m").exec(info)?.[1];
     const usedKiB = field("Used memory");
     const cpus = field("CPU\\(s\\)");
@@ -135,10 +181,11 @@ class LibvirtOps implements DriverOps {
   }
 
   async destroy(name: string): Promise<void> {
-    if (!(await this.exists(name))) return;
-    await this.stop(name, 0);
-    await virsh(["undefine", name], this.uri);
-    fs.rmSync(path.join(this.stateDir, `${name}.xml`), { force: true });
+    if (await this.exists(name)) {
+      await this.stop(name, 0);
+      await virsh(["undefine", this.domain(name)], this.uri);
+    }
+    fs.rmSync(this.dir(name), { recursive: true, force: true });
   }
 }
 
@@ -156,6 +203,6 @@ export const libvirtDriver: Driver = {
   render: (input: RenderInput) => renderFor("libvirt", input),
   async open(opts: OpenOptions): Promise<DriverOps> {
     await requireAvailable("libvirt", requirements);
-    return new LibvirtOps(opts.stateDir, LIBVIRT_URI);
+    return new LibvirtOps(opts.stateDir, LIBVIRT_URI, opts.domainPrefix ?? "", opts.resolveImage ?? defaultImageResolver());
   },
 };

@@ -27,17 +27,35 @@ function digest(text: string): Buffer {
   return crypto.createHash("sha256").update(text).digest();
 }
 
+/** A cluster key: 10 lower-case hex digits. */
+export const CLUSTER_KEY = /^[0-9a-f]{10}$/;
+
+/**
+ * The key that isolates a cluster's names per Pulumi stack: the first 10 hex
+ * digits of sha256("<project>\0<stack>\0<cluster>"). Two stacks declaring a
+ * cluster of the same name get different MACs, multicast groups and libvirt
+ * domain names.
+ */
+export function clusterKey(project: string, stack: string, cluster: string): string {
+  return crypto.createHash("sha256").update(`${project}\0${stack}\0${cluster}`).digest("hex").slice(0, 10);
+}
+
+/** The libvirt domain of a VM: "vse-<cluster key>-<vm name>", so stacks sharing a libvirtd cannot collide. */
+export function domainName(key: string, vm: string): string {
+  return `vse-${key}-${vm}`;
+}
+
 /**
  * A deterministic MAC: locally administered unicast (second-lowest bit of the
- * first octet set, lowest clear), three octets from the cluster name, one for
+ * first octet set, lowest clear), three octets from the cluster key, one for
  * the NIC index and two for the VM index. VM and NIC indices are encoded
  * directly, so MACs are unique within a cluster; across clusters they differ
  * unless the 22 hashed bits collide.
  */
-export function macAddress(cluster: string, vmIndex: number, nicIndex = 0): string {
+export function macAddress(key: string, vmIndex: number, nicIndex = 0): string {
   if (!Number.isInteger(vmIndex) || vmIndex < 0 || vmIndex > 0xffff) throw new Error(`VM index ${vmIndex} is outside 0..65535`);
   if (!Number.isInteger(nicIndex) || nicIndex < 0 || nicIndex > 0xff) throw new Error(`NIC index ${nicIndex} is outside 0..255`);
-  const h = digest(`vse-mac:${cluster}`);
+  const h = digest(`vse-mac:${key}`);
   const octets = [(h[0] & 0xfc) | 0x02, h[1], h[2], nicIndex, vmIndex >> 8, vmIndex & 0xff];
   return octets.map((o) => o.toString(16).padStart(2, "0")).join(":");
 }
@@ -49,10 +67,10 @@ export function isLocalUnicastMac(mac: string): boolean {
   return (first & 0x02) === 0x02 && (first & 0x01) === 0;
 }
 
-/** The cluster's network: a multicast group in the organisation-local scope (239.255.0.0/16) and a port, both from the name. */
-export function clusterNetwork(cluster: string): ClusterNetwork {
-  const h = digest(`vse-net:${cluster}`);
-  return { name: `vse-${cluster}`, mcast: { address: `239.255.${h[0]}.${h[1] === 0 ? 1 : h[1]}`, port: 20000 + (h.readUInt16BE(2) % 20000) } };
+/** The cluster's network: a multicast group in the organisation-local scope (239.255.0.0/16) and a port, both from the cluster key. */
+export function clusterNetwork(key: string): ClusterNetwork {
+  const h = digest(`vse-net:${key}`);
+  return { name: `vse-${key}`, mcast: { address: `239.255.${h[0]}.${h[1] === 0 ? 1 : h[1]}`, port: 20000 + (h.readUInt16BE(2) % 20000) } };
 }
 
 /** Guest addresses: 10.77.0.0/16, host part from the VM index, so VM i is always 10.77.(i+1>>8).(i+1&255). */
@@ -61,6 +79,7 @@ export function guestIpv4(vmIndex: number): string {
   return `10.77.${n >> 8}.${n & 0xff}`;
 }
 
-export function nicsFor(cluster: string, vmIndex: number): Nic[] {
-  return [{ index: 0, mac: macAddress(cluster, vmIndex, 0), ipv4: guestIpv4(vmIndex) }];
+/** A VM's NICs on its cluster's network; key is the cluster key (clusterKey), not the cluster's name. */
+export function nicsFor(key: string, vmIndex: number): Nic[] {
+  return [{ index: 0, mac: macAddress(key, vmIndex, 0), ipv4: guestIpv4(vmIndex) }];
 }

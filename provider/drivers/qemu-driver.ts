@@ -1,8 +1,36 @@
 import * as fs from "fs";
 import * as path from "path";
 import type { RenderInput } from "../render/render";
-import { binaryOnPath, Driver, DriverOps, OpenOptions, renderFor, requireAvailable, Requirement, StartOptions, VmInstance, VmStatus } from "./driver";
-import { configVmName, isQemuFor, QEMU_BINARY, qemuArgs, qemuFacts, startQemu, stopQemu, VmPaths, vmPaths, waitForQmp } from "./qemu";
+import { writeFileAtomic } from "../agent/state";
+import {
+  binaryOnPath,
+  Driver,
+  DriverOps,
+  ExitStatus,
+  OpenOptions,
+  renderFor,
+  requireAvailable,
+  Requirement,
+  RunningVm,
+  StartOptions,
+  VmInstance,
+  VmStatus,
+} from "./driver";
+import {
+  configVmName,
+  defaultImageResolver,
+  ImageResolver,
+  isQemuFor,
+  processArgv,
+  QEMU_BINARY,
+  qemuArgs,
+  qemuFacts,
+  startQemu,
+  stopQemu,
+  VmPaths,
+  vmPaths,
+  waitForQmp,
+} from "./qemu";
 import { qmpCommand } from "./qmp";
 
 const requirements: Requirement[] = [binaryOnPath(QEMU_BINARY, "qemu-system-x86")];
@@ -13,9 +41,33 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** QEMU through the functions the node agent uses (qemu.ts), plus QMP for pause, resume, facts and migration. */
+/**
+ * The live QEMU of a VM, found the way a restarted agent must find it: the pid
+ * its pidfile names, accepted only when that process is a QEMU started with
+ * this very pidfile and this VM's name (a reused pid fails both checks).
+ */
+export function qemuFromPidfile(pidfile: string, name: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(pidfile, "utf8").trim());
+  } catch {
+    return undefined;
+  }
+  if (!(pid > 0) || !isQemuFor(pid, name)) return undefined;
+  try {
+    const argv = processArgv(pid);
+    return argv[argv.indexOf("-pidfile") + 1] === pidfile ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** QEMU through the functions in qemu.ts, plus QMP for pause, resume, facts and migration. The node agent's road to QEMU. */
 class QemuOps implements DriverOps {
-  constructor(private readonly stateDir: string) {}
+  constructor(
+    private readonly stateDir: string,
+    private readonly resolveImage: ImageResolver,
+  ) {}
 
   private paths(name: string): VmPaths {
     if (!/^[a-z]([a-z0-9-]*[a-z0-9])?$/.test(name)) throw new Error(`VM name ${JSON.stringify(name)} is not a valid name`);
@@ -30,39 +82,44 @@ class QemuOps implements DriverOps {
 
   /** The pid of the VM's live QEMU, if there is one. */
   private pid(name: string): number | undefined {
-    const p = this.paths(name);
-    try {
-      const pid = Number(fs.readFileSync(p.pidfile, "utf8").trim());
-      return pid > 0 && isQemuFor(pid, name) ? pid : undefined;
-    } catch {
-      return undefined;
-    }
+    return qemuFromPidfile(this.paths(name).pidfile, name);
   }
 
   async create(vm: VmInstance): Promise<void> {
     const p = this.paths(vm.name);
-    qemuArgs(vm.config, p); // refuse a bad config now, not at start
+    qemuArgs(vm.config, p, this.resolveImage); // refuse a bad config or a missing image now, not at start
     // The driver finds its process by -name; a config naming another VM would run unseen.
     if (configVmName(vm.config) !== vm.name) throw new Error(`qemu: config of VM ${vm.name} names "${configVmName(vm.config)}" in -name`);
     fs.mkdirSync(p.dir, { recursive: true });
-    fs.writeFileSync(path.join(p.dir, CONFIG_FILE), vm.config);
+    writeFileAtomic(path.join(p.dir, CONFIG_FILE), vm.config);
   }
 
-  async start(name: string, opts: StartOptions = {}): Promise<void> {
-    if (this.pid(name) !== undefined) return;
+  async start(name: string, opts: StartOptions = {}): Promise<RunningVm> {
+    const live = this.pid(name);
+    // Never a second QEMU, and never the pidfile of a live one removed: the running one is the VM.
+    if (live !== undefined) return { pid: live };
     const p = this.paths(name);
     const config = this.config(name);
-    const child = startQemu(config, p, opts.incoming ? ["-incoming", opts.incoming] : []);
-    let exited = false;
-    child.once("exit", () => (exited = true));
+    const child = startQemu(config, p, opts.incoming ? ["-incoming", opts.incoming] : [], this.resolveImage);
+    const exited = new Promise<ExitStatus>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    let ended = false;
+    void exited.then(() => (ended = true));
     const deadline = Date.now() + 10000;
-    while (!fs.existsSync(p.pidfile) && !exited && Date.now() < deadline) await sleep(20);
-    await waitForQmp(p.qmp, () => !exited, Math.max(0, deadline - Date.now()));
+    while (!fs.existsSync(p.pidfile) && !ended && Date.now() < deadline) await sleep(20);
+    await waitForQmp(p.qmp, () => !ended, Math.max(0, deadline - Date.now()));
     child.unref();
-    if (exited || this.pid(name) === undefined) {
+    const pid = this.pid(name);
+    if (ended || pid === undefined) {
+      if (!ended) child.kill("SIGKILL");
       const err = fs.existsSync(p.stderr) ? fs.readFileSync(p.stderr, "utf8").trim().split("\n").slice(-3).join(" | ") : "";
-      throw new Error(`qemu: VM ${name} failed to start${err ? `: ${err}` : ""}`);
+      throw new Error(`qemu: VM ${name} failed to start${err ? `: ${err}` : ended ? "" : " within 10 s"}`);
     }
+    return { pid, exited };
+  }
+
+  async recover(name: string): Promise<RunningVm | undefined> {
+    const pid = this.pid(name);
+    return pid === undefined ? undefined : { pid };
   }
 
   async stop(name: string, graceMs: number): Promise<void> {
@@ -89,26 +146,39 @@ class QemuOps implements DriverOps {
 
   async destroy(name: string): Promise<void> {
     await this.stop(name, 0);
+    if (this.pid(name) !== undefined) throw new Error(`qemu: VM ${name} is still running after a forced stop`);
     fs.rmSync(this.paths(name).dir, { recursive: true, force: true });
   }
 
   /** Live migration to a QEMU started with StartOptions.incoming = targetUri; resolves when the source has handed over and quit. */
-  async migrate(name: string, targetUri: string): Promise<void> {
+  async migrate(name: string, targetUri: string): Promise<{ totalMs: number; downtimeMs: number }> {
     const p = this.paths(name);
     await qmpCommand(p.qmp, "migrate", { uri: targetUri });
     const deadline = Date.now() + 120000;
     for (;;) {
-      const info = (await qmpCommand(p.qmp, "query-migrate")) as { status?: string; "error-desc"?: string };
-      if (info.status === "completed") break;
-      if (info.status === "failed" || info.status === "cancelled") throw new Error(`qemu: migration of ${name} ${info.status}: ${info["error-desc"] ?? ""}`);
+      const info = (await qmpCommand(p.qmp, "query-migrate")) as { status?: string; "error-desc"?: string; "total-time"?: number; downtime?: number };
+      if (info.status === "completed") {
+        // The source is paused after handing over; it must not be resumed, only ended.
+        await this.stop(name, 0);
+        return { totalMs: info["total-time"] ?? 0, downtimeMs: info.downtime ?? 0 };
+      }
+      if (info.status === "failed" || info.status === "cancelled") {
+        await this.keepRunning(p);
+        throw new Error(`qemu: migration of ${name} ${info.status}: ${info["error-desc"] ?? ""}`);
+      }
       if (Date.now() > deadline) {
         await qmpCommand(p.qmp, "migrate_cancel").catch(() => undefined);
+        await this.keepRunning(p);
         throw new Error(`qemu: migration of ${name} did not complete within 120 s`);
       }
       await sleep(100);
     }
-    // The source is paused after handing over; it must not be resumed, only ended.
-    await this.stop(name, 0);
+  }
+
+  /** After a failed migration the source is the only copy: make sure it runs on. */
+  private async keepRunning(p: VmPaths): Promise<void> {
+    const st = (await qmpCommand(p.qmp, "query-status").catch(() => undefined)) as { status?: string } | undefined;
+    if (st?.status && st.status !== "running") await qmpCommand(p.qmp, "cont").catch(() => undefined);
   }
 }
 
@@ -127,6 +197,6 @@ export const qemuDriver: Driver = {
   async open(opts: OpenOptions): Promise<DriverOps> {
     await requireAvailable("qemu", requirements);
     fs.mkdirSync(opts.stateDir, { recursive: true });
-    return new QemuOps(opts.stateDir);
+    return new QemuOps(opts.stateDir, opts.resolveImage ?? defaultImageResolver());
   },
 };

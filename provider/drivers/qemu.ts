@@ -3,7 +3,13 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import type { ChildProcess } from "child_process";
+import { DEFAULT_IMAGE_CACHE, imageResolver } from "../image/busybox";
 import { qmpCommand } from "./qmp";
+
+/** The image store of a caller that names none: the default cache directory's. */
+export function defaultImageResolver(): ImageResolver {
+  return imageResolver(DEFAULT_IMAGE_CACHE);
+}
 
 export const QEMU_BINARY = "qemu-system-x86_64";
 
@@ -26,40 +32,378 @@ export function vmPaths(dir: string): VmPaths {
   };
 }
 
-/** Options the agent sets itself; a rendered config may not override them. */
-const AGENT_OWNED = new Set(["-pidfile", "-qmp", "-serial", "-chardev", "-monitor", "-daemonize", "-incoming", "-runas", "-chroot", "-D", "-sandbox"]);
+/**
+ * What a rendered config asks for, as the node agent checks it against site
+ * policy. The parsers below (and parseLibvirtDomain in libvirt.ts) produce it
+ * from a config they accepted in full.
+ */
+export interface ConfigFacts {
+  /** QEMU: -name (the VM name); libvirt: <name> (the domain name, vse-<cluster key>-<vm name>). */
+  name: string;
+  machine: "pc" | "q35" | "microvm";
+  accel: "tcg" | "kvm";
+  memoryMiB: number;
+  vcpus: number;
+  /** The image both kernel and initrd come from (its content id). */
+  imageId: string;
+  /** The kernel command line: -append / <cmdline>, "" when there is none. */
+  kernelArgs: string;
+  nics: { mac: string; mcast: { address: string; port: number } }[];
+}
 
-/** Parses the line-oriented config ("-option value" per line, '#' comments) into an argument vector. */
-export function parseQemuConfig(text: string): string[] {
+/** A config the node agent does not run: names the line, the field and, in the message, what was found and what is allowed. */
+export class ConfigRefused extends Error {
+  constructor(
+    readonly line: number,
+    readonly field: string,
+    message: string,
+  ) {
+    super(message.startsWith(`config line ${line}: `) ? message : `config line ${line}: ${message}`);
+    this.name = "ConfigRefused";
+  }
+}
+
+/** Resolves a reference into the agent's image store to the file's real path. */
+export type ImageResolver = (id: string, file: "vmlinuz" | "initrd.img") => string;
+
+/** The largest config the agent reads, in characters. */
+export const MAX_CONFIG_CHARS = 64 * 1024;
+/** The largest kernel command line, in bytes (printable ASCII, so also characters). */
+export const MAX_KERNEL_ARGS = 4096;
+/** The most NICs a VM may have. */
+export const MAX_NICS = 16;
+
+// Shared value grammars, also used by parseLibvirtDomain.
+export const IMAGE_ID_PATTERN = "[0-9a-f]{64}";
+export const KERNEL_REF = new RegExp(`^image:(${IMAGE_ID_PATTERN})/vmlinuz$`);
+export const INITRD_REF = new RegExp(`^image:(${IMAGE_ID_PATTERN})/initrd\\.img$`);
+/** A VM name: a lower-case DNS label of at most 80 characters. */
+export const VM_NAME = /^[a-z](?:[a-z0-9-]{0,78}[a-z0-9])?$/;
+export const MAC = /^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$/;
+const OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+/** An organisation-local multicast group, 239.255.<0-255>.<1-255>. */
+export const MCAST_GROUP = new RegExp(`^239\\.255\\.${OCTET}\\.${OCTET}$`);
+export const MIN_MEMORY_MIB = 16;
+export const MAX_MEMORY_MIB = 1048576;
+export const MAX_VCPUS = 1024;
+
+const CONTROL_NAMES: Record<number, string> = {
+  0: "NUL",
+  8: "backspace",
+  9: "tab",
+  11: "vertical tab",
+  12: "form feed",
+  13: "carriage return",
+  27: "escape",
+  127: "delete",
+};
+
+/** A short, escaped rendering of what was found, for messages. */
+export function found(value: string, max = 80): string {
+  return JSON.stringify(value.length > max ? `${value.slice(0, max)}…` : value);
+}
+
+/**
+ * Refuses control characters anywhere (C0 except the newline between lines,
+ * DEL, C1) and unpaired surrogates, naming the line; refuses an oversized config.
+ */
+export function refuseControlCharacters(text: string): void {
+  if (text.length > MAX_CONFIG_CHARS) {
+    const line = text.slice(0, MAX_CONFIG_CHARS).split("\n").length;
+    throw new ConfigRefused(line, "config", `the config is longer than ${MAX_CONFIG_CHARS} characters; the node agent reads no more`);
+  }
+  const bad = /[\x00-\x09\x0b-\x1f\x7f-\x9f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.exec(text);
+  if (!bad) return;
+  const line = text.slice(0, bad.index).split("\n").length;
+  const code = bad[0].charCodeAt(0);
+  const what =
+    code >= 0xd800 && code <= 0xdfff
+      ? `an unpaired surrogate U+${code.toString(16).toUpperCase()}`
+      : `control character U+${code.toString(16).toUpperCase().padStart(4, "0")}${CONTROL_NAMES[code] ? ` (${CONTROL_NAMES[code]})` : ""}`;
+  throw new ConfigRefused(line, "config", `${what} in the config; only printable characters are allowed, and newlines between lines`);
+}
+
+/** A decimal integer without sign or leading zeros within min..max, or undefined. */
+export function boundedInt(text: string, min: number, max: number): number | undefined {
+  if (!/^(0|[1-9][0-9]{0,9})$/.test(text)) return undefined;
+  const n = Number(text);
+  return n >= min && n <= max ? n : undefined;
+}
+
+/** True when text is a kernel command line the agent passes: printable ASCII, at most MAX_KERNEL_ARGS bytes. */
+export function isKernelArgs(text: string): boolean {
+  return text.length <= MAX_KERNEL_ARGS && /^[\x20-\x7e]*$/.test(text);
+}
+
+/** A multicast group and port the agent lets a NIC join: 239.255.<0-255>.<1-255>, port 1024..65535. */
+export function mcastEndpoint(address: string, port: string): { address: string; port: number } | undefined {
+  const m = MCAST_GROUP.exec(address);
+  const p = boundedInt(port, 1024, 65535);
+  if (!m || m[2] === "0" || p === undefined) return undefined;
+  return { address, port: p };
+}
+
+/** True for a locally administered unicast MAC in canonical lower-case form. */
+export function isLocalUnicast(mac: string): boolean {
+  if (!MAC.test(mac)) return false;
+  const first = parseInt(mac.slice(0, 2), 16);
+  return (first & 0x03) === 0x02;
+}
+
+/** The QEMU options a rendered config may carry (templates/qemu/vm.args.hbs), in the order the template writes them. */
+export const QEMU_OPTIONS = [
+  "-name",
+  "-machine",
+  "-accel",
+  "-m",
+  "-smp",
+  "-kernel",
+  "-initrd",
+  "-append",
+  "-netdev",
+  "-device",
+  "-nodefaults",
+  "-no-user-config",
+  "-display",
+  "-no-reboot",
+];
+const FLAGS = new Set(["-nodefaults", "-no-user-config", "-no-reboot"]);
+/** Options a config must have: what the facts need, and no defaults, no other config file read, no display. */
+const REQUIRED = ["-name", "-machine", "-accel", "-m", "-smp", "-kernel", "-initrd", "-nodefaults", "-no-user-config", "-display"];
+const REQUIRED_WHY: Record<string, string> = {
+  "-nodefaults": "no default devices",
+  "-no-user-config": "no other config file is read",
+  "-display": "-display none: no display",
+};
+const MACHINES: Record<string, ConfigFacts["machine"]> = { pc: "pc", q35: "q35", "microvm,pit=on,pic=on,rtc=on": "microvm" };
+const NETDEV = new RegExp(`^socket,id=vse(0|[1-9][0-9]?),mcast=([0-9.]+):([0-9]+),localaddr=127\\.0\\.0\\.1$`);
+const DEVICE = /^virtio-net-pci,netdev=vse(0|[1-9][0-9]?),mac=([^,]*)$/;
+/** Options the agent adds itself: named in refusals, so a user sees why they cannot be configured. */
+const AGENT_OWNED = new Set(["-pidfile", "-qmp", "-serial", "-chardev", "-monitor", "-daemonize", "-incoming", "-runas", "-chroot", "-sandbox"]);
+
+/**
+ * Parses a rendered QEMU config (templates/qemu/vm.args.hbs: one "-option value"
+ * per line, '#' comments, blank lines) against a strict allowlist: exactly the
+ * options the template renders, each with a value grammar, each at most once
+ * except the per-NIC -netdev/-device pairs. Anything else is a ConfigRefused
+ * naming the line. Returns the argument vector (image references not yet
+ * resolved) and the facts site policy is checked against.
+ */
+export function parseQemuConfig(text: string): { args: string[]; facts: ConfigFacts } {
+  refuseControlCharacters(text);
+  const lines = text.split("\n");
   const args: string[] = [];
-  text.split("\n").forEach((raw, i) => {
-    const line = raw.trim();
+  const seen = new Map<string, number>();
+  const facts: Partial<ConfigFacts> & { nics: ConfigFacts["nics"] } = { nics: [] };
+  const macs = new Set<string>();
+  let kernelId: string | undefined;
+  let initrdId: string | undefined;
+  let initrdLine = 0;
+  /** Per NIC index: the line of its -netdev and, once seen, of its -device. */
+  const netdevs: { line: number; mcast: { address: string; port: number }; device?: number; mac?: string }[] = [];
+  const allowed = `it allows: ${QEMU_OPTIONS.join(", ")}`;
+
+  lines.forEach((raw, i) => {
+    const n = i + 1;
+    const line = raw.replace(/^ +| +$/g, "");
     if (!line || line.startsWith("#")) return;
-    const m = /^(-[a-z][a-z0-9-]*)(?:\s+(.*))?$/.exec(line);
-    if (!m) throw new Error(`config line ${i + 1}: expected "-option [value]", found ${JSON.stringify(line.slice(0, 80))}`);
-    if (AGENT_OWNED.has(m[1])) throw new Error(`config line ${i + 1}: ${m[1]} is set by the node agent and cannot be configured`);
-    args.push(m[1]);
-    if (m[2] !== undefined) args.push(m[2]);
+    const sp = line.indexOf(" ");
+    const opt = sp < 0 ? line : line.slice(0, sp);
+    const value = sp < 0 ? undefined : line.slice(sp + 1).replace(/^ +/, "");
+    if (!/^-[A-Za-z][A-Za-z0-9-]*$/.test(opt))
+      throw new ConfigRefused(n, "config", `expected "-option value" (one QEMU option per line), found ${found(line)}`);
+    if (!QEMU_OPTIONS.includes(opt)) {
+      const why = AGENT_OWNED.has(opt) ? "; the node agent sets it itself" : "";
+      throw new ConfigRefused(n, opt, `${opt} is not an option the node agent runs${why} (${allowed})`);
+    }
+    const refuse = (expected: string): never => {
+      throw new ConfigRefused(n, opt, `${opt} expects ${expected}, found ${value === undefined ? "no value" : found(value)}`);
+    };
+    if (opt !== "-netdev" && opt !== "-device") {
+      const first = seen.get(opt);
+      if (first !== undefined) throw new ConfigRefused(n, opt, `${opt} is given twice (first on line ${first}); each option may appear once`);
+      seen.set(opt, n);
+    }
+    if (FLAGS.has(opt)) {
+      if (value !== undefined) throw new ConfigRefused(n, opt, `${opt} takes no value, found ${found(value)}`);
+      args.push(opt);
+      return;
+    }
+    if (value === undefined || value === "") refuse(describe(opt));
+    const v = value as string;
+    switch (opt) {
+      case "-name":
+        if (!VM_NAME.test(v)) refuse(describe(opt));
+        facts.name = v;
+        break;
+      case "-machine":
+        if (!(v in MACHINES)) refuse(describe(opt));
+        facts.machine = MACHINES[v];
+        break;
+      case "-accel":
+        if (v !== "tcg" && v !== "kvm") refuse(describe(opt));
+        facts.accel = v as ConfigFacts["accel"];
+        break;
+      case "-m": {
+        const m = /^([0-9]+)M$/.exec(v);
+        const mib = m ? boundedInt(m[1], MIN_MEMORY_MIB, MAX_MEMORY_MIB) : undefined;
+        if (mib === undefined) refuse(describe(opt));
+        facts.memoryMiB = mib;
+        break;
+      }
+      case "-smp": {
+        const c = boundedInt(v, 1, MAX_VCPUS);
+        if (c === undefined) refuse(describe(opt));
+        facts.vcpus = c;
+        break;
+      }
+      case "-kernel": {
+        const m = KERNEL_REF.exec(v);
+        if (!m) refuse(describe(opt));
+        kernelId = m![1];
+        break;
+      }
+      case "-initrd": {
+        const m = INITRD_REF.exec(v);
+        if (!m) refuse(describe(opt));
+        initrdId = m![1];
+        initrdLine = n;
+        break;
+      }
+      case "-append":
+        if (!isKernelArgs(v)) refuse(describe(opt));
+        facts.kernelArgs = v;
+        break;
+      case "-display":
+        if (v !== "none") refuse(describe(opt));
+        break;
+      case "-netdev": {
+        const m = NETDEV.exec(v);
+        const mcast = m ? mcastEndpoint(m[2], m[3]) : undefined;
+        if (!m || !mcast) refuse(describe(opt));
+        const index = Number(m![1]);
+        if (index !== netdevs.length)
+          throw new ConfigRefused(n, opt, `-netdev ids must be vse0, vse1, … in order; found vse${index} where vse${netdevs.length} was expected`);
+        if (index >= MAX_NICS) throw new ConfigRefused(n, opt, `a VM may have at most ${MAX_NICS} NICs (vse0..vse${MAX_NICS - 1})`);
+        netdevs.push({ line: n, mcast: mcast! });
+        break;
+      }
+      case "-device": {
+        const m = DEVICE.exec(v);
+        if (!m || !isLocalUnicast(m[2])) refuse(describe(opt));
+        const index = Number(m![1]);
+        const nd = netdevs[index];
+        if (!nd) throw new ConfigRefused(n, opt, `-device names netdev vse${index}, which no -netdev line before it defines`);
+        if (nd.device !== undefined) throw new ConfigRefused(n, opt, `netdev vse${index} already has a -device (line ${nd.device}); each NIC has one`);
+        if (macs.has(m![2])) throw new ConfigRefused(n, opt, `MAC ${m![2]} is given to two NICs`);
+        macs.add(m![2]);
+        nd.device = n;
+        nd.mac = m![2];
+        break;
+      }
+    }
+    args.push(opt, v);
   });
-  const name = args[args.indexOf("-name") + 1];
-  if (!args.includes("-name") || !name) throw new Error("config has no -name line");
-  return args;
+
+  const end = lines.length;
+  for (const opt of REQUIRED) {
+    if (!seen.has(opt)) {
+      const why = REQUIRED_WHY[opt] ? ` (${REQUIRED_WHY[opt]})` : "";
+      throw new ConfigRefused(end, opt, `the config has no ${opt} line, which the node agent requires${why}`);
+    }
+  }
+  if (kernelId !== initrdId) {
+    throw new ConfigRefused(initrdLine, "-initrd", `-initrd names image ${initrdId} but -kernel names image ${kernelId}; both must come from the same image`);
+  }
+  for (const [i, nd] of netdevs.entries()) {
+    if (nd.device === undefined)
+      throw new ConfigRefused(nd.line, "-netdev", `netdev vse${i} has no -device virtio-net-pci,netdev=vse${i},mac=…; each -netdev needs its NIC`);
+    facts.nics.push({ mac: nd.mac!, mcast: nd.mcast });
+  }
+  return {
+    args,
+    facts: {
+      name: facts.name!,
+      machine: facts.machine!,
+      accel: facts.accel!,
+      memoryMiB: facts.memoryMiB!,
+      vcpus: facts.vcpus!,
+      imageId: kernelId!,
+      kernelArgs: facts.kernelArgs ?? "",
+      nics: facts.nics,
+    },
+  };
 }
 
-/** The name QEMU was started with, as it appears in its argument vector. */
+/** What each option's value must look like, as a refusal says it. */
+function describe(opt: string): string {
+  switch (opt) {
+    case "-name":
+      return "a lower-case DNS label (a-z, 0-9, '-', starting with a letter, at most 80 characters)";
+    case "-machine":
+      return `one of ${Object.keys(MACHINES).join(", ")}`;
+    case "-accel":
+      return "tcg or kvm";
+    case "-m":
+      return `<MiB>M with MiB from ${MIN_MEMORY_MIB} to ${MAX_MEMORY_MIB}`;
+    case "-smp":
+      return `a vCPU count from 1 to ${MAX_VCPUS}`;
+    case "-kernel":
+      return "image:<id>/vmlinuz from the agent's image store (<id>: 64 lower-case hex digits)";
+    case "-initrd":
+      return "image:<id>/initrd.img from the agent's image store (<id>: 64 lower-case hex digits)";
+    case "-append":
+      return `a kernel command line of printable ASCII, at most ${MAX_KERNEL_ARGS} bytes`;
+    case "-display":
+      return "none";
+    case "-netdev":
+      return "socket,id=vse<N>,mcast=239.255.<0-255>.<1-255>:<port 1024-65535>,localaddr=127.0.0.1";
+    case "-device":
+      return "virtio-net-pci,netdev=vse<N>,mac=<locally administered unicast MAC, lower case>";
+    default:
+      return "a value";
+  }
+}
+
+/** The name QEMU is started with (-name), from a config the agent accepts. */
 export function configVmName(text: string): string {
-  const args = parseQemuConfig(text);
-  return args[args.indexOf("-name") + 1];
+  return parseQemuConfig(text).facts.name;
 }
 
-/** The full argument vector: the rendered config plus the agent's runtime plumbing. */
-export function qemuArgs(config: string, paths: VmPaths): string[] {
+/** A resolved image file's path: what the resolver returns must be an absolute path QEMU takes whole. */
+function checkedPath(p: string, what: string): string {
+  if (!path.isAbsolute(p) || /[\x00-\x1f\x7f]/.test(p)) throw new Error(`the image store resolved ${what} to ${found(p)}, which is not an absolute path`);
+  return p;
+}
+
+/**
+ * The full argument vector QEMU runs with: the accepted config with its image
+ * references resolved through resolveImage, then the agent's runtime plumbing
+ * (pidfile, QMP socket, serial console to a file).
+ */
+export function qemuArgs(config: string, paths: VmPaths, resolveImage: ImageResolver): string[] {
   for (const p of [paths.console, paths.qmp, paths.pidfile]) {
     // QEMU option values use ',' as a separator.
     if (p.includes(",")) throw new Error(`state path ${p} contains ',', which QEMU options cannot carry`);
   }
+  const { args, facts } = parseQemuConfig(config);
+  const resolved: string[] = [];
+  // Walk option by option (a flag alone, any other option with its value), so a value that looks like an option is never taken for one.
+  for (let i = 0; i < args.length;) {
+    const opt = args[i];
+    if (FLAGS.has(opt)) {
+      resolved.push(opt);
+      i += 1;
+      continue;
+    }
+    const value = args[i + 1];
+    if (opt === "-kernel") resolved.push(opt, checkedPath(resolveImage(facts.imageId, "vmlinuz"), "the kernel"));
+    else if (opt === "-initrd") resolved.push(opt, checkedPath(resolveImage(facts.imageId, "initrd.img"), "the initrd"));
+    else resolved.push(opt, value);
+    i += 2;
+  }
   return [
-    ...parseQemuConfig(config),
+    ...resolved,
     "-pidfile",
     paths.pidfile,
     "-qmp",
@@ -72,13 +416,13 @@ export function qemuArgs(config: string, paths: VmPaths): string[] {
 }
 
 /** Starts QEMU detached from the agent, so an agent restart does not take its VMs down. */
-export function startQemu(config: string, paths: VmPaths, extraArgs: string[] = []): ChildProcess {
+export function startQemu(config: string, paths: VmPaths, extraArgs: string[] = [], resolveImage: ImageResolver = defaultImageResolver()): ChildProcess {
   const execa = require("execa") as typeof import("execa");
   fs.mkdirSync(paths.dir, { recursive: true });
   for (const f of [paths.qmp, paths.pidfile]) fs.rmSync(f, { force: true });
   const errFd = fs.openSync(paths.stderr, "w");
   try {
-    const child = execa(QEMU_BINARY, [...qemuArgs(config, paths), ...extraArgs], {
+    const child = execa(QEMU_BINARY, [...qemuArgs(config, paths, resolveImage), ...extraArgs], {
       detached: true,
       stdin: "ignore",
       stdout: errFd,

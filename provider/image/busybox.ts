@@ -1,10 +1,12 @@
 import * as crypto from "crypto";
 import * as fs from "fs";
+import * as os from "os";
 import * as path from "path";
 import * as zlib from "zlib";
 import type { EnvironmentModel } from "../model/resolve";
-import type { ImageRef } from "../render/render";
+import type { ImageFiles, ImageRef } from "../render/render";
 import { cpioArchive, CpioEntry, S_IFCHR, S_IFDIR, S_IFREG } from "./cpio";
+import { startProgress } from "./progress";
 
 /** Bumped whenever the image layout or init changes, so old cache entries are not reused. */
 const BUILDER_VERSION = "busybox-initramfs/1";
@@ -118,10 +120,48 @@ function extrasIdentity(extras: ImageExtras, kernel: KernelInfo) {
   return { modules, network: !!extras.network };
 }
 
-export function imageRef(cacheDir: string, id: string): ImageRef {
+/** An image's content id: the 64 lower-case hex digits of a sha256 (imageId, debianImageId). */
+export const IMAGE_ID = /^[0-9a-f]{64}$/;
+
+/** The files of an image a config may name; nothing else in the store can be referred to. */
+export type ImageFile = "vmlinuz" | "initrd.img";
+
+/**
+ * How a rendered config names an image's kernel and initramfs: references into
+ * the node agent's own image store ("image:<id>/vmlinuz"), never host paths.
+ * The agent resolves them (imageResolver); the id is the content address.
+ */
+export function imageRef(id: string): ImageRef {
+  if (!IMAGE_ID.test(id)) throw new Error(`image id ${JSON.stringify(id)} is not 64 lower-case hex digits`);
+  return { id, kernel: `image:${id}/vmlinuz`, initrd: `image:${id}/initrd.img` };
+}
+
+/** Where an image's files really are in a cache directory: for the builder, the KVM probe and whoever boots it. */
+export function imageFiles(cacheDir: string, id: string): ImageFiles {
   const dir = path.join(cacheDir, "images", id);
   return { id, kernel: path.join(dir, "vmlinuz"), initrd: path.join(dir, "initrd.img") };
 }
+
+/**
+ * Resolves image references against the image store in cacheDir: the id must
+ * be a content id, the image complete (its image.json is written last) and the
+ * file present. Throws otherwise, naming what is missing.
+ */
+export function imageResolver(cacheDir: string): (id: string, file: ImageFile) => string {
+  return (id, file) => {
+    if (!IMAGE_ID.test(id)) throw new Error(`image id ${JSON.stringify(id)} is not 64 lower-case hex digits`);
+    if (file !== "vmlinuz" && file !== "initrd.img") throw new Error(`an image has no file ${JSON.stringify(file)}`);
+    const files = imageFiles(cacheDir, id);
+    const dir = path.dirname(files.kernel);
+    if (!fs.existsSync(path.join(dir, "image.json"))) throw new Error(`image ${id} is not in the image store ${path.join(cacheDir, "images")}`);
+    const real = file === "vmlinuz" ? files.kernel : files.initrd;
+    if (!fs.existsSync(real)) throw new Error(`image ${id} in the image store has no ${file}`);
+    return real;
+  };
+}
+
+/** The image store a process uses when it is not told one: the default cache directory (~/.cache/vse-provider). */
+export const DEFAULT_IMAGE_CACHE = path.join(os.homedir(), ".cache", "vse-provider");
 
 /** Quotes a word for busybox sh; the guest's argv comes out exactly as declared. */
 export function shQuote(s: string): string {
@@ -211,8 +251,8 @@ function initramfs(env: EnvironmentModel, markers: JobMarkers, extras?: ImageExt
 export function imageSlot(
   cacheDir: string,
   id: string,
-): { ref: ImageRef; dir: string; cached: true } | { ref: ImageRef; dir: string; cached: false; tmp: string } {
-  const ref = imageRef(cacheDir, id);
+): { ref: ImageFiles; dir: string; cached: true } | { ref: ImageFiles; dir: string; cached: false; tmp: string } {
+  const ref = imageFiles(cacheDir, id);
   const dir = path.dirname(ref.kernel);
   if (fs.existsSync(path.join(dir, "image.json"))) return { ref, dir, cached: true };
   fs.mkdirSync(path.dirname(dir), { recursive: true });
@@ -231,19 +271,22 @@ export function publishImage(tmp: string, dir: string, meta: object): void {
   }
 }
 
-/** Builds the image into the cache unless it is there already; returns where it is. */
-export function buildImage(env: EnvironmentModel, cacheDir: string, kernel: KernelInfo = hostKernel(), extras?: ImageExtras): ImageRef & { built: boolean } {
+/** Builds the image into the cache unless it is there already; returns where its files are (real paths, not references). */
+export function buildImage(env: EnvironmentModel, cacheDir: string, kernel: KernelInfo = hostKernel(), extras?: ImageExtras): ImageFiles & { built: boolean } {
   const id = imageId(env, kernel, extras);
   const slot = imageSlot(cacheDir, id);
   if (slot.cached) return { ...slot.ref, built: false };
   const { ref, dir, tmp } = slot;
+  const progress = startProgress(`building busybox image ${id.slice(0, 12)} for Environment ${env.name}`);
   try {
     fs.copyFileSync(kernel.path, path.join(tmp, "vmlinuz"));
     fs.writeFileSync(path.join(tmp, "initrd.img"), initramfs(env, markersFor(id), extras, kernel));
     publishImage(tmp, dir, { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, ...(extras ? { extras } : {}) });
   } catch (err) {
+    progress.failed();
     fs.rmSync(tmp, { recursive: true, force: true });
     throw err;
   }
+  progress.done();
   return { ...ref, built: true };
 }

@@ -15,9 +15,10 @@ import * as fs from "fs";
 import * as path from "path";
 import * as zlib from "zlib";
 import type { DebianModel, EnvironmentModel } from "../model/resolve";
-import type { ImageRef } from "../render/render";
+import type { ImageFiles } from "../render/render";
 import { BUSYBOX, fileDigest, hostKernel, initScript, KernelInfo, markersFor, imageSlot, publishImage } from "./busybox";
 import { cpioArchive, CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG } from "./cpio";
+import { startProgress } from "./progress";
 
 /** Bumped whenever the build, the layout or the init changes, so old cache entries are not reused. */
 const BUILDER_VERSION = "debian-mmdebstrap-initramfs/1";
@@ -145,7 +146,7 @@ function initramfs(root: string, env: EnvironmentModel, id: string): Buffer {
   return zlib.gzipSync(cpioArchive(entries), { level: 6 });
 }
 
-export interface DebianBuildResult extends ImageRef {
+export interface DebianBuildResult extends ImageFiles {
   built: boolean;
   /** Seconds mmdebstrap took, when it ran. */
   mmdebstrapSeconds?: number;
@@ -159,6 +160,8 @@ export async function buildDebianImage(env: EnvironmentModel, cacheDir: string, 
   const slot = imageSlot(cacheDir, id);
   if (slot.cached) return { ...slot.ref, built: false };
   const { ref, dir, tmp } = slot;
+  // mmdebstrap takes minutes: a line every 30 s says it is still going.
+  const progress = startProgress(`building Debian ${d.release} image ${id.slice(0, 12)} for Environment ${env.name} (mmdebstrap)`);
   try {
     const root = path.join(tmp, "rootfs");
     const t0 = Date.now();
@@ -177,8 +180,10 @@ export async function buildDebianImage(env: EnvironmentModel, cacheDir: string, 
     fs.writeFileSync(path.join(tmp, "initrd.img"), initramfs(root, env, id));
     fs.rmSync(root, { recursive: true, force: true });
     publishImage(tmp, dir, { id, builder: BUILDER_VERSION, environment: env, kernel: kernel.release, mmdebstrapSeconds, installed: packages });
+    progress.done();
     return { ...ref, built: true, mmdebstrapSeconds };
   } catch (err) {
+    progress.failed();
     fs.rmSync(tmp, { recursive: true, force: true });
     throw err;
   }

@@ -1,6 +1,6 @@
 // One entry point for every kind of VSE image: picks the builder by spec.base.
 import type { EnvironmentModel } from "../model/resolve";
-import type { ImageRef } from "../render/render";
+import type { ImageFiles } from "../render/render";
 import { buildImage, hostKernel, ImageExtras, imageId, KernelInfo } from "./busybox";
 import { buildDebianImage, debianImageId } from "./debian";
 
@@ -22,7 +22,7 @@ export async function buildEnvironmentImage(
   cacheDir: string,
   kernel: KernelInfo = hostKernel(),
   extras?: ImageExtras,
-): Promise<ImageRef & { built: boolean }> {
+): Promise<ImageFiles & { built: boolean }> {
   if (env.base !== "debian") return buildImage(env, cacheDir, kernel, extras);
   noExtras(env, extras);
   const { id, kernel: k, initrd, built } = await buildDebianImage(env, cacheDir, kernel);

@@ -4,6 +4,7 @@ import Ajv, { ErrorObject, ValidateFunction } from "ajv";
 import { Document, LineCounter, isMap, isPair, isScalar, isSeq, parseAllDocuments, Node, visit } from "yaml";
 import { DefinitionError, DefinitionProblem } from "./errors";
 import type { Environment, SitePolicy, VirtualCluster, VmProfile } from "./types.generated";
+import { MAX_AGENT_MEMORY_MIB, MAX_MEMORY_MIB, MIN_MEMORY_MIB, parseMemoryInRange } from "./units";
 
 export const API_VERSION = "vse.dev/v1";
 /** Definitions are small; anything larger is refused before it is parsed. */
@@ -280,6 +281,11 @@ function addDocument(
     }
     return;
   }
+  const outOfBounds = quantityProblems(kind as Kind, obj);
+  if (outOfBounds.length) {
+    for (const p of outOfBounds) problems.push({ file, ...at(p.path), field: p.path.join("."), message: p.message });
+    return;
+  }
   const located: Located<unknown> = { doc: obj, file, at };
   const name = (obj.metadata as { name: string }).name;
   const tables: Record<Kind, Map<string, Located<unknown>>> = {
@@ -301,6 +307,46 @@ function addDocument(
     return;
   }
   table.set(name, located);
+}
+
+type MemoryValue = number | string | undefined;
+
+/**
+ * Bounds the schema cannot express: memory sizes carry units ("10TiB"), so their range
+ * is checked here, in every kind and whether or not a VM uses the definition (an unused
+ * VmProfile, a policy default or limit), so that no size beyond any machine is accepted.
+ * Every other quantity (vCPUs, nodes, hosts, timeouts, per-agent VMs) has its maximum in the schema.
+ */
+export function quantityProblems(kind: Kind, doc: unknown): PathMessage[] {
+  const fields: { path: (string | number)[]; value: MemoryValue; max: number }[] = [];
+  const perVm = (path: (string | number)[], value: MemoryValue) => fields.push({ path, value, max: MAX_MEMORY_MIB });
+  switch (kind) {
+    case "VmProfile":
+      perVm(["spec", "memory"], (doc as VmProfile).spec?.memory);
+      break;
+    case "VirtualCluster":
+      ((doc as VirtualCluster).spec.overrides ?? []).forEach((o, i) => perVm(["spec", "overrides", i, "memory"], o.memory));
+      break;
+    case "SitePolicy": {
+      const spec = (doc as SitePolicy).spec ?? {};
+      perVm(["spec", "defaults", "profile", "memory"], spec.defaults?.profile?.memory);
+      perVm(["spec", "limits", "maxMemory"], spec.limits?.maxMemory);
+      fields.push({ path: ["spec", "limits", "maxMemoryPerAgent"], value: spec.limits?.maxMemoryPerAgent, max: MAX_AGENT_MEMORY_MIB });
+      break;
+    }
+    case "Environment":
+      break;
+  }
+  const out: PathMessage[] = [];
+  for (const f of fields) {
+    if (f.value === undefined) continue;
+    try {
+      parseMemoryInRange(f.value, MIN_MEMORY_MIB, f.max);
+    } catch (err) {
+      out.push({ path: f.path, message: (err as Error).message });
+    }
+  }
+  return out;
 }
 
 /** The first alias whose anchor is not defined before it, if any. */
@@ -365,7 +411,8 @@ export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
     if (e.keyword === "if") continue;
     let p = pointerToPath(e.instancePath);
     let message: string;
-    const found = JSON.stringify(e.data);
+    // JSON has no Infinity (YAML's .inf): say it, rather than "null".
+    const found = typeof e.data === "number" && !Number.isFinite(e.data) ? String(e.data) : JSON.stringify(e.data);
     switch (e.keyword) {
       case "required":
         p = [...p, (e.params as { missingProperty: string }).missingProperty];

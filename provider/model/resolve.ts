@@ -176,10 +176,12 @@ function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: D
  */
 export function resolveClusters(input: Definitions, options: PolicyOptions = {}): ClusterModel[] {
   const problems: DefinitionProblem[] = [];
-  const policy = selectPolicy(input, problems);
-  const policyProblems = policy ? checkPolicyConsistency(policy) : [];
+  // The user's own policy (in the definitions) and the site's: a VM must satisfy both, so a user's can only narrow the site's.
+  const policies = [selectPolicy(input, problems), options.sitePolicy].filter((p): p is NonNullable<typeof p> => p !== undefined);
+  const policyProblems = policies.flatMap((p) => checkPolicyConsistency(p));
   problems.push(...policyProblems);
-  const defs = policy ? applyPolicyDefaults(input, policy) : input;
+  // The user's defaults fill first; the site's fill what is still unset.
+  const defs = policies.reduce((d, p) => applyPolicyDefaults(d, p), input);
   const clusters: ClusterModel[] = [];
   for (const l of defs.clusters.values()) {
     const c = clusterModel(l, defs, problems);
@@ -203,7 +205,7 @@ export function resolveClusters(input: Definitions, options: PolicyOptions = {})
     }
   }
   // Clusters that resolved are checked even when others did not; a self-contradictory policy is fixed first.
-  if (policy && !policyProblems.length) problems.push(...checkPolicy(defs, policy, clusters, options));
+  if (!policyProblems.length) for (const p of policies) problems.push(...checkPolicy(defs, p, clusters, options));
   if (problems.length) throw new DefinitionError(problems);
   return clusters;
 }

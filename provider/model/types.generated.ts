@@ -177,7 +177,7 @@ export interface VirtualCluster {
        */
       vm: number;
       /**
-       * Guest memory for this VM.
+       * Guest memory for this VM (unit: MiB when a bare number; bounds 16 MiB to 1 TiB).
        */
       memory?: number | string;
       /**
@@ -223,7 +223,7 @@ export interface SitePolicy {
          */
         hypervisor?: "qemu" | "libvirt" | "xen" | "virtualbox" | "palacios";
         /**
-         * Default guest memory (unit: MiB when a bare number).
+         * Default guest memory (unit: MiB when a bare number; bounds 16 MiB to 1 TiB).
          */
         memory?: number | string;
         /**
@@ -279,7 +279,7 @@ export interface SitePolicy {
      */
     limits?: {
       /**
-       * Largest guest memory of any one VM (unit: MiB when a bare number).
+       * Largest guest memory of any one VM (unit: MiB when a bare number; bounds 16 MiB to 1 TiB).
        */
       maxMemory?: number | string;
       /**
@@ -290,6 +290,14 @@ export interface SitePolicy {
        * Most VMs in one VirtualCluster (unit: VMs).
        */
       maxNodesPerCluster?: number;
+      /**
+       * Most VMs one node agent runs at once, across all its clusters' requests (unit: VMs).
+       */
+      maxVmsPerAgent?: number;
+      /**
+       * Total guest memory one node agent runs at once, across all its VMs (unit: MiB when a bare number; bounds 16 MiB to 64 TiB).
+       */
+      maxMemoryPerAgent?: number | string;
     };
     /**
      * Hypervisors VMs may use (VmProfile spec.hypervisor). Unset means any the schema accepts.

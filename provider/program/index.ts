@@ -11,6 +11,7 @@ import { VirtualCluster } from "../resources/virtual-cluster";
 import { VirtualMachine } from "../resources/virtual-machine";
 import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, planClusters, vmInputs } from "./plan";
 import { DefinitionError } from "../model/errors";
+import { loadSitePolicy, sitePolicyFile as sitePolicyFileOf } from "../model/site-policy";
 
 /** The directory of Pulumi.yaml: definitions and config paths are relative to it. */
 function projectRoot(): string {
@@ -27,9 +28,16 @@ async function main(): Promise<Record<string, unknown>> {
   const cacheDir = path.resolve(root, cfg.get("cacheDir") ?? DEFAULT_CACHE_DIR);
   const stateRoot = path.resolve(root, cfg.get("stateDir") ?? DEFAULT_STATE_DIR);
 
+  // The site's policy is the one the agents enforce; the program checks it too, so preview reports violations before anything starts.
+  const sitePolicyFile = cfg.get("sitePolicy")
+    ? path.resolve(root, cfg.get("sitePolicy")!)
+    : fs.existsSync(sitePolicyFileOf(stateRoot))
+      ? sitePolicyFileOf(stateRoot)
+      : null;
   let plans;
   try {
-    plans = await planClusters(definitions, cacheDir);
+    const sitePolicy = loadSitePolicy({ file: sitePolicyFile ?? undefined });
+    plans = await planClusters(definitions, cacheDir, { project: pulumi.getProject(), stack: pulumi.getStack(), sitePolicy });
   } catch (err) {
     if (err instanceof DefinitionError) throw new pulumi.RunError(`invalid definitions:\n${err.message}`);
     throw err;
@@ -59,6 +67,8 @@ async function main(): Promise<Record<string, unknown>> {
       stack: pulumi.getStack(),
       manager: m.allocation.manager,
       hosts: m.allocation.hosts,
+      imageStore: path.join(cacheDir, "images"),
+      sitePolicyFile,
     });
     for (const p of plan.vms) {
       const vm = new VirtualMachine(

@@ -1,16 +1,17 @@
 import * as os from "os";
 import * as path from "path";
-import { buildImage, hostKernel, ImageExtras, imageRef, markersFor } from "../image/busybox";
+import { buildImage, DEFAULT_IMAGE_CACHE, hostKernel, ImageExtras, imageRef, markersFor } from "../image/busybox";
 import { environmentImageId } from "../image";
 import { probeKvm } from "../drivers/qemu";
-import { CLUSTER_NETWORK_EXTRAS, clusterNetwork, nicsFor } from "../drivers/network";
+import { CLUSTER_NETWORK_EXTRAS, clusterKey, clusterNetwork, nicsFor } from "../drivers/network";
 import { DefinitionError, DefinitionProblem } from "../model/errors";
-import { API_VERSION, Definitions, loadDefinitions, loadObject } from "../model/load";
+import { API_VERSION, Definitions, Located, loadDefinitions, loadObject } from "../model/load";
+import type { SitePolicy } from "../model/types.generated";
 import { ClusterModel, EnvironmentModel, ProfileModel, resolveClusters, VmModel } from "../model/resolve";
 import { renderVmConfig } from "../render/render";
 import type { VmInputKey } from "../model/lifecycle";
 
-export const DEFAULT_CACHE_DIR = path.join(os.homedir(), ".cache", "vse-provider");
+export const DEFAULT_CACHE_DIR = DEFAULT_IMAGE_CACHE;
 export const DEFAULT_STATE_DIR = path.join(os.homedir(), ".local", "state", "vse-provider");
 
 /** Everything the program declares for one VM, computed before any resource exists. */
@@ -49,6 +50,11 @@ export interface PlanOptions {
   resolveAccel?: (accel: ProfileModel["accel"], cacheDir: string) => Promise<"tcg" | "kvm">;
   /** Renders every profile as if it named this hypervisor (`vse render --hypervisor`); validated like the field itself. */
   hypervisor?: string;
+  /** The Pulumi project and stack the clusters belong to: with the cluster's name they make its key (clusterKey). Defaults: "vse", "local". */
+  project?: string;
+  stack?: string;
+  /** The site's policy (installed with the agents, site-policy.ts), checked besides any SitePolicy in the definitions. */
+  sitePolicy?: Located<SitePolicy>;
 }
 
 /** The definitions with every VmProfile's spec.hypervisor set to hypervisor; throws DefinitionError when the schema refuses it. */
@@ -71,22 +77,23 @@ export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT
   const loaded = loadDefinitions(definitionPaths);
   const defs = options.hypervisor === undefined ? loaded : overrideHypervisor(loaded, options.hypervisor);
   // The kernel is only looked up first when a site policy restricts it.
-  const clusters = resolveClusters(defs, { kernelRelease: () => hostKernel().release });
+  const clusters = resolveClusters(defs, { kernelRelease: () => hostKernel().release, sitePolicy: options.sitePolicy });
   const kernel = hostKernel();
   const accels = new Map<string, "tcg" | "kvm">();
   const plans: ClusterPlan[] = [];
   for (const model of clusters) {
-    const network = model.network === "private" ? clusterNetwork(model.name) : undefined;
+    const key = clusterKey(options.project ?? "vse", options.stack ?? "local", model.name);
+    const network = model.network === "private" ? clusterNetwork(key) : undefined;
     const extras = network ? CLUSTER_NETWORK_EXTRAS : undefined;
     const id = environmentImageId(model.environment, kernel, extras);
-    const image = imageRef(cacheDir, id);
+    const image = imageRef(id);
     const vms: VmPlan[] = [];
     for (const vm of model.vms) {
       if (!accels.has(vm.profile.accel)) accels.set(vm.profile.accel, await accelOf(vm.profile.accel, cacheDir));
       const accel = accels.get(vm.profile.accel)!;
       // On a cluster network, the guest learns its address from its kernel command line.
-      const kernelArgs = network ? [...model.environment.kernelArgs, `vse.ip=${nicsFor(model.name, vm.index)[0].ipv4}/16`] : model.environment.kernelArgs;
-      const config = renderVmConfig({ cluster: model.name, vm, image, accel, kernelArgs, network });
+      const kernelArgs = network ? [...model.environment.kernelArgs, `vse.ip=${nicsFor(key, vm.index)[0].ipv4}/16`] : model.environment.kernelArgs;
+      const config = renderVmConfig({ cluster: model.name, clusterKey: key, vm, image, accel, kernelArgs, network });
       vms.push({ vm, accel, config, imageId: id, markers: markersFor(id) });
     }
     plans.push({ model, imageId: id, extras, vms });

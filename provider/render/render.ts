@@ -2,17 +2,34 @@ import * as fs from "fs";
 import * as path from "path";
 import Handlebars from "handlebars";
 import type { ProfileModel, VmModel } from "../model/resolve";
-import { ClusterNetwork, Nic, nicsFor } from "../drivers/network";
+import { ClusterNetwork, domainName, Nic, nicsFor } from "../drivers/network";
 
-/** The image files a VM boots: kernel and initramfs, by content address. */
+/**
+ * The image a VM boots, as a rendered config names it: kernel and initramfs by
+ * reference into the node agent's image store ("image:<id>/vmlinuz"), where id
+ * is the image's content address (imageRef in provider/image/busybox.ts). The
+ * agent resolves the references; a config never names a host path.
+ */
 export interface ImageRef {
+  id: string;
+  kernel: `image:${string}/vmlinuz`;
+  initrd: `image:${string}/initrd.img`;
+}
+
+/** Where an image's files really are on a host (imageFiles): for the builder and whatever boots the image outside a rendered config. */
+export interface ImageFiles {
   id: string;
   kernel: string;
   initrd: string;
 }
 
+/** What the libvirt template names as the serial console file; the node agent puts its own per-VM file there. */
+export const AGENT_CONSOLE = "agent:console";
+
 export interface RenderInput {
   cluster: string;
+  /** The cluster's key (clusterKey in provider/drivers/network.ts): per Pulumi stack, it names the cluster's MACs, network and libvirt domains. */
+  clusterKey: string;
   vm: VmModel;
   image: ImageRef;
   /** The accelerator after 'auto' was resolved on the target host. */
@@ -20,7 +37,7 @@ export interface RenderInput {
   kernelArgs: string[];
   /** The cluster's private network; without it the VM gets no NIC (the default, so existing configs stay as they are). */
   network?: ClusterNetwork;
-  /** Where the serial console is written, for hypervisors whose config names the file (libvirt, Xen HVM, VirtualBox, Palacios). */
+  /** Where the serial console is written, for the render-only hypervisors whose config names the file (Xen HVM, VirtualBox, Palacios); libvirt's is always AGENT_CONSOLE. */
   consoleLog?: string;
 }
 
@@ -111,7 +128,7 @@ export function renderVmConfig(input: RenderInput): string {
   const file = TEMPLATE_FILES[vm.profile.hypervisor];
   if (!file) throw new Error(`no template for hypervisor "${vm.profile.hypervisor}"`);
   const machineType = vm.profile.machine === "microvm" ? "microvm,pit=on,pic=on,rtc=on" : vm.profile.machine;
-  const nics: Nic[] = input.network ? nicsFor(input.cluster, vm.index) : [];
+  const nics: Nic[] = input.network ? nicsFor(input.clusterKey, vm.index) : [];
   return template(file)({
     cluster: input.cluster,
     vm,
@@ -123,6 +140,8 @@ export function renderVmConfig(input: RenderInput): string {
     network: input.network,
     nics,
     consoleLog: input.consoleLog ?? defaultConsoleLog(input.cluster, vm.name),
+    agentConsole: AGENT_CONSOLE,
+    domainName: domainName(input.clusterKey, vm.name),
     ...hypervisorFacts(input),
   });
 }

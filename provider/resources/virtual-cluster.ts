@@ -1,17 +1,23 @@
 import * as pulumi from "@pulumi/pulumi";
-import type { AgentRecord } from "../allocation/local";
+import type { AgentLaunch, AgentRecord } from "../allocation/local";
 
 export interface VirtualClusterInputs {
   name: string;
-  /** Root of the agents' state directories; each cluster gets <stateRoot>/clusters/<project>.<stack>.<name>/. */
+  /** Root of the agents' state directories; each cluster gets <stateRoot>/clusters/<name>-<cluster key>/. */
   stateRoot: string;
   project: string;
   stack: string;
   manager: "local";
   hosts: number;
+  /** The host's content-addressed image store the agents boot from (<cacheDir>/images). */
+  imageStore: string;
+  /** The site policy file the agents enforce; null: the permissive local default. */
+  sitePolicyFile: string | null;
 }
 
 export interface VirtualClusterOutputs extends VirtualClusterInputs {
+  /** Derived from project, stack and name: libvirt domain names, MACs, the network and the state directory carry it. */
+  clusterKey: string;
   /** The per-cluster bearer token of its agents (a secret). */
   token: string;
   agents: (AgentRecord & { healthy: boolean })[];
@@ -19,9 +25,14 @@ export interface VirtualClusterOutputs extends VirtualClusterInputs {
 
 type Args = { [K in keyof VirtualClusterInputs]: pulumi.Input<VirtualClusterInputs[K]> };
 
-function clusterDir(i: VirtualClusterInputs): string {
+function keyOf(i: VirtualClusterInputs): string {
+  const { clusterKey } = require("../drivers/network") as typeof import("../drivers/network");
+  return clusterKey(i.project, i.stack, i.name);
+}
+
+export function clusterDir(i: VirtualClusterInputs): string {
   const path = require("path") as typeof import("path");
-  return path.join(i.stateRoot, "clusters", `${i.project}.${i.stack}.${i.name}`);
+  return path.join(i.stateRoot, "clusters", `${i.name}-${keyOf(i)}`);
 }
 
 function hostDir(i: VirtualClusterInputs, host: number): string {
@@ -29,43 +40,67 @@ function hostDir(i: VirtualClusterInputs, host: number): string {
   return path.join(clusterDir(i), `host-${host}`);
 }
 
+function launchOf(i: VirtualClusterInputs, token: string): AgentLaunch {
+  return { token, clusterKey: keyOf(i), imageStore: i.imageStore, policyFile: i.sitePolicyFile ?? undefined };
+}
+
 export async function clusterCreate(inputs: VirtualClusterInputs): Promise<pulumi.dynamic.CreateResult> {
-  const { newToken, startLocalAgent, stopLocalAgent } = require("../allocation/local") as typeof import("../allocation/local");
-  const token = newToken();
+  const { startLocalAgent, stopLocalAgent } = require("../allocation/local") as typeof import("../allocation/local");
+  const { newClusterToken } = require("../agent/protocol") as typeof import("../agent/protocol");
+  const clusterKey = keyOf(inputs);
+  const launch = launchOf(inputs, newClusterToken(clusterKey));
   const agents: AgentRecord[] = [];
   try {
-    for (let h = 0; h < inputs.hosts; h++) agents.push(await startLocalAgent(hostDir(inputs, h), token, h));
+    for (let h = 0; h < inputs.hosts; h++) agents.push(await startLocalAgent(hostDir(inputs, h), launch, h));
   } catch (err) {
     // Leave nothing behind from a half-made cluster.
-    for (const a of agents) await stopLocalAgent(a, token).catch(() => undefined);
+    for (const a of agents) await stopLocalAgent(a, launch).catch(() => undefined);
+    const fs = require("fs") as typeof import("fs");
+    fs.rmSync(clusterDir(inputs), { recursive: true, force: true });
     throw err;
   }
-  return { id: `${inputs.project}.${inputs.stack}.${inputs.name}`, outs: { ...inputs, token, agents: agents.map((a) => ({ ...a, healthy: true })) } };
+  return {
+    id: `${inputs.project}.${inputs.stack}.${inputs.name}`,
+    outs: { ...inputs, clusterKey, token: launch.token, agents: agents.map((a) => ({ ...a, healthy: true })) },
+  };
 }
+
+const REPLACE_KEYS: (keyof VirtualClusterInputs)[] = ["name", "stateRoot", "project", "stack", "manager", "hosts"];
+/** Fields the agents are started with: a change restarts them in place (they re-attach to their VMs). */
+const RESTART_KEYS: (keyof VirtualClusterInputs)[] = ["imageStore", "sitePolicyFile"];
 
 export async function clusterDiff(olds: VirtualClusterOutputs, news: VirtualClusterInputs): Promise<pulumi.dynamic.DiffResult> {
-  const keys: (keyof VirtualClusterInputs)[] = ["name", "stateRoot", "project", "stack", "manager", "hosts"];
-  const replaces = keys.filter((k) => olds[k] !== news[k]);
+  const replaces = REPLACE_KEYS.filter((k) => olds[k] !== news[k]);
+  const restarts = RESTART_KEYS.filter((k) => olds[k] !== news[k]);
   const unhealthy = (olds.agents ?? []).some((a) => !a.healthy);
-  return { changes: replaces.length > 0 || unhealthy, replaces, deleteBeforeReplace: true };
+  return { changes: replaces.length > 0 || restarts.length > 0 || unhealthy, replaces, deleteBeforeReplace: true };
 }
 
-/** Restarts agents that refresh found dead, on their old port and state, so they re-adopt their VMs. */
+/** Restarts agents that refresh found dead, or whose launch changed, on their old state, so they re-attach to their VMs. */
 export async function clusterUpdate(olds: VirtualClusterOutputs, news: VirtualClusterInputs): Promise<pulumi.dynamic.UpdateResult> {
-  const { agentHealthy, startLocalAgent } = require("../allocation/local") as typeof import("../allocation/local");
+  const { agentHealthy, startLocalAgent, terminateLocalAgent } = require("../allocation/local") as typeof import("../allocation/local");
+  const relaunch = RESTART_KEYS.some((k) => olds[k] !== news[k]);
+  const launch = launchOf(news, olds.token);
   const agents = [];
   for (const a of olds.agents) {
-    agents.push(
-      (await agentHealthy(a, olds.token)) ? { ...a, healthy: true } : { ...(await startLocalAgent(a.stateDir, olds.token, a.host, a.port)), healthy: true },
-    );
+    if (!relaunch && (await agentHealthy(a, olds.token))) {
+      agents.push({ ...a, healthy: true });
+      continue;
+    }
+    await terminateLocalAgent(a);
+    agents.push({ ...(await startLocalAgent(a.stateDir, launch, a.host)), healthy: true });
   }
-  return { outs: { ...news, token: olds.token, agents } };
+  return { outs: { ...news, clusterKey: olds.clusterKey, token: olds.token, agents } };
 }
 
 export async function clusterDelete(props: VirtualClusterOutputs): Promise<void> {
   const { stopLocalAgent } = require("../allocation/local") as typeof import("../allocation/local");
   const fs = require("fs") as typeof import("fs");
-  for (const a of props.agents ?? []) await stopLocalAgent(a, props.token);
+  const launch = launchOf(props, props.token);
+  // Every host is tried, whatever failed before it; then the failures are reported together.
+  const results = await Promise.allSettled((props.agents ?? []).map((a) => stopLocalAgent(a, launch)));
+  const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => (r.reason as Error).message);
+  if (failed.length) throw new Error(`cluster ${props.name}: ${failed.join("\n")}`);
   fs.rmSync(clusterDir(props), { recursive: true, force: true });
 }
 
@@ -90,13 +125,14 @@ const provider: pulumi.dynamic.ResourceProvider = {
 /** A virtual cluster: its node agents (one per allocated host) and their shared secret token. */
 export class VirtualCluster extends pulumi.dynamic.Resource {
   declare readonly token: pulumi.Output<string>;
+  declare readonly clusterKey: pulumi.Output<string>;
   declare readonly agents: pulumi.Output<VirtualClusterOutputs["agents"]>;
 
   constructor(name: string, args: Args, opts?: pulumi.CustomResourceOptions) {
     super(
       provider,
       name,
-      { ...args, token: undefined, agents: undefined },
+      { ...args, clusterKey: undefined, token: undefined, agents: undefined },
       { ...opts, hideDiffs: ["__provider"], additionalSecretOutputs: ["token"] },
       "vse",
       "VirtualCluster",

@@ -1,5 +1,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { VmSpec, VmView } from "../agent/protocol";
+import { warn } from "./warn";
 
 /** Inputs of one VM; every key has a policy in provider/model/lifecycle.ts (VM_INPUT_POLICY). */
 export interface VirtualMachineInputs {
@@ -87,34 +88,32 @@ function outputsFrom(inputs: VirtualMachineInputs, v: VmView | undefined, jobSec
   };
 }
 
-/** Sends the desired state and waits for the job's result; removes the VM again if that fails. */
+/** Sends the desired state and waits for the job's result. A create that fails for any reason removes the VM again. */
 async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutputs): Promise<VirtualMachineOutputs> {
   const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
   const client = new AgentClient(inputs.agentUrl, inputs.token);
   const t0 = Date.now();
-  const before = await client.getVm(inputs.vmName);
-  const view = await client.putVm(inputs.vmName, specOf(inputs));
-  const restarted = !before || view.observed.starts !== before.observed.starts;
-  if (!restarted && previous) return outputsFrom(inputs, view, previous.jobSeconds);
+  let v: VmView | undefined;
+  try {
+    const before = await client.getVm(inputs.vmName);
+    const view = await client.putVm(inputs.vmName, specOf(inputs));
+    const restarted = !before || view.observed.starts !== before.observed.starts;
+    if (!restarted && previous) return outputsFrom(inputs, view, previous.jobSeconds);
 
-  const deadline = t0 + inputs.jobTimeoutSeconds * 1000;
-  let v: VmView | undefined = view;
-  for (;;) {
-    if (v?.job.state === "done") return outputsFrom(inputs, v, (Date.now() - t0) / 1000);
-    if (v && (v.observed.state === "failed" || v.observed.state === "exited" || v.observed.state === "stopped")) {
-      throw await fail(client, inputs, v, `VM ${inputs.vmName} ended before its job reported a result: ${v.observed.message ?? v.observed.state}`, !previous);
+    const deadline = t0 + inputs.jobTimeoutSeconds * 1000;
+    v = view;
+    for (;;) {
+      if (v?.job.state === "done") return outputsFrom(inputs, v, (Date.now() - t0) / 1000);
+      if (v && (v.observed.state === "failed" || v.observed.state === "exited" || v.observed.state === "stopped")) {
+        throw new Error(`VM ${inputs.vmName} ended before its job reported a result: ${v.observed.message ?? v.observed.state}`);
+      }
+      if (Date.now() > deadline)
+        throw new Error(`VM ${inputs.vmName}: no job result within ${inputs.jobTimeoutSeconds} s (Environment spec.job.timeoutSeconds)`);
+      await sleep(100);
+      v = await client.getVm(inputs.vmName);
     }
-    if (Date.now() > deadline) {
-      throw await fail(
-        client,
-        inputs,
-        v,
-        `VM ${inputs.vmName}: no job result within ${inputs.jobTimeoutSeconds} s (Environment spec.job.timeoutSeconds)`,
-        !previous,
-      );
-    }
-    await sleep(100);
-    v = await client.getVm(inputs.vmName);
+  } catch (err) {
+    throw await fail(client, inputs, v, (err as Error).message, !previous);
   }
 }
 
@@ -126,7 +125,13 @@ async function fail(
   creating: boolean,
 ): Promise<Error> {
   // A failed create must not leave an orphan behind on the agent; a failed update stays in the state, and refresh shows it.
-  if (creating) await client.deleteVm(inputs.vmName).catch(() => undefined);
+  if (creating) {
+    await client
+      .deleteVm(inputs.vmName)
+      .catch((err: Error) =>
+        warn(`VM ${inputs.vmName}: its create failed and removing it again failed too: ${err.message}; \`pulumi refresh\` then \`pulumi up\` retries`),
+      );
+  }
   const tail = v?.consoleTail ? `\nlast console lines:\n${v.consoleTail}` : "";
   return new Error(message + tail);
 }
@@ -163,8 +168,10 @@ async function migrate(olds: VirtualMachineOutputs, news: VirtualMachineInputs):
       message: `migrated from host ${olds.host} in ${m.totalMs} ms (downtime ${m.downtimeMs} ms)`,
     };
   } catch (err) {
-    // The VM still runs on the source when a migration fails: drop the waiting target.
-    await target.deleteVm(news.vmName).catch(() => undefined);
+    // The VM still runs on the source when a migration fails (the agent keeps it): drop the waiting target.
+    await target
+      .deleteVm(news.vmName)
+      .catch((e: Error) => warn(`VM ${news.vmName}: the failed migration's waiting target on host ${news.host} could not be removed: ${e.message}`));
     throw err;
   }
 }
@@ -178,7 +185,11 @@ export async function vmUpdate(olds: VirtualMachineOutputs, news: VirtualMachine
     if (olds.status === "running" && onlyPlacement) return { outs: await migrate(olds, news) };
     const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
     const outs = await apply(news);
-    await new AgentClient(olds.agentUrl, olds.token).deleteVm(olds.vmName).catch(() => undefined);
+    await new AgentClient(olds.agentUrl, olds.token)
+      .deleteVm(olds.vmName)
+      .catch((e: Error) =>
+        warn(`VM ${olds.vmName}: started afresh on host ${news.host}, but its old copy on host ${olds.host} could not be removed: ${e.message}`),
+      );
     return { outs };
   }
   return { outs: await apply(news, olds) };
@@ -189,8 +200,16 @@ export async function vmDelete(props: VirtualMachineOutputs): Promise<void> {
   try {
     await new AgentClient(props.agentUrl, props.token).deleteVm(props.vmName);
   } catch (err) {
-    // With its agent gone, the cluster's delete stops the VM's process by pid.
     if (!(err instanceof AgentError && err.status === 0)) throw err;
+    // With its agent dead, the agent's own code removes the VM here, through the same drivers; nothing is left running.
+    const { withOfflineAgent } = require("../allocation/local") as typeof import("../allocation/local");
+    const path = require("path") as typeof import("path");
+    const fs = require("fs") as typeof import("fs");
+    const stateDir = path.dirname(props.agentUrl.replace(/^unix:/, ""));
+    if (!fs.existsSync(stateDir)) return; // the whole host is gone already
+    const clusterKey = /^vse1\.([0-9a-f]{10})\./.exec(props.token)?.[1] ?? "";
+    await withOfflineAgent(stateDir, clusterKey, (agent) => agent.delete(props.vmName));
+    await warn(`VM ${props.vmName}: its agent was unreachable (${err.message}); removed it through the drivers directly`);
   }
 }
 

@@ -1,102 +1,163 @@
-// The agent with real QEMU guests: a restarted agent re-adopts its running VM
-// instead of starting a second one, and a power-off job ends the VM cleanly.
+// The agent with real QEMU guests: a restarted agent re-attaches to its running
+// VM instead of starting a second one, takes over a QEMU that its pidfile names
+// even when the agent died before it recorded the pid, never runs a finished
+// power-off job again, and survives a disk that is full.
 import * as fs from "fs";
-import * as os from "os";
 import * as path from "path";
-import { AgentClient } from "../../provider/agent/client";
-import type { VmSpec, VmView } from "../../provider/agent/protocol";
-import { AgentRecord, newToken, startLocalAgent, stopLocalAgent } from "../../provider/allocation/local";
-import { buildImage, markersFor } from "../../provider/image/busybox";
-import type { EnvironmentModel, VmModel } from "../../provider/model/resolve";
-import { renderVmConfig } from "../../provider/render/render";
+import { AgentRecord } from "../../provider/allocation/local";
+import { jobEnv, rawRequest, testCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
 import { processesUnder, qemuProcessesFor } from "../support/stack";
 
 jest.setTimeout(5 * 60 * 1000);
 
-let dir: string;
-const token = newToken();
-let agents: AgentRecord[] = [];
+let c: TestCluster;
 
-function env(afterJob: "stay-up" | "power-off"): EnvironmentModel {
-  return {
-    name: "t",
-    base: "busybox",
-    kernelArgs: [],
-    job: { command: ["/bin/sh", "-c", "echo job-$((6*7))"], env: { A: "it's" }, afterJob, timeoutSeconds: 60 },
-  };
-}
-
-function spec(name: string, e: EnvironmentModel): VmSpec {
-  const img = buildImage(e, path.join(dir, "cache"));
-  const vm: VmModel = { name, index: 0, host: 0, profile: { name: "p", hypervisor: "qemu", memoryMiB: 128, vcpus: 1, machine: "pc", accel: "tcg" } };
-  return {
-    hypervisor: "qemu",
-    config: renderVmConfig({ cluster: "c", vm, image: img, accel: "tcg", kernelArgs: [] }),
-    markers: markersFor(img.id),
-    stopGraceSeconds: 0,
-  };
-}
-
-async function waitFor(client: AgentClient, name: string, done: (v: VmView) => boolean): Promise<VmView> {
-  const end = Date.now() + 60000;
-  for (;;) {
-    const v = await client.getVm(name);
-    if (v && done(v)) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${name}: ${JSON.stringify(v?.observed)}\n${v?.consoleTail}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), "vse-sup-"));
+beforeAll(async () => {
+  c = await testCluster();
 });
 
 afterAll(async () => {
-  for (const a of agents) await stopLocalAgent(a, token);
+  const dir = c.dir;
+  await c.stop();
   expect(processesUnder(dir)).toEqual([]);
-  fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test("an agent killed and restarted re-adopts its running VM and never starts a duplicate", async () => {
-  const hostDir = path.join(dir, "host-0");
-  const first = await startLocalAgent(hostDir, token, 0);
-  agents = [first];
-  const client = new AgentClient(first.url, token);
-  const s = spec("vm-adopt", env("stay-up"));
+function killAgent(a: AgentRecord): void {
+  process.kill(a.pid, "SIGKILL");
+}
+
+async function gone(pid: number): Promise<void> {
+  while (fs.existsSync(`/proc/${pid}/cmdline`) && fs.readFileSync(`/proc/${pid}/cmdline`).length > 0) await new Promise((r) => setTimeout(r, 20));
+}
+
+test("an agent killed and restarted re-attaches to its running VM and never starts a duplicate", async () => {
+  const first = await c.start(0);
+  const client = c.client();
+  const s = vmSpec(c, "vm-adopt");
   await client.putVm("vm-adopt", s);
-  const v = await waitFor(client, "vm-adopt", (x) => x.job.state === "done");
+  const v = await waitForVm(client, "vm-adopt", (x) => x.job.state === "done");
   expect(v.job).toEqual({ state: "done", exitCode: 0, output: "job-42\n" });
   const pid = v.observed.pid!;
 
-  process.kill(first.pid, "SIGKILL");
-  await new Promise((r) => setTimeout(r, 200));
-  expect(qemuProcessesFor(dir, "vm-adopt")).toEqual([pid]);
+  killAgent(first);
+  await gone(first.pid);
+  expect(qemuProcessesFor(c.dir, "vm-adopt")).toEqual([pid]);
 
-  const second = await startLocalAgent(hostDir, token, 0, first.port);
-  agents = [second];
-  expect(second.port).toBe(first.port);
-  const again = await client.getVm("vm-adopt");
-  expect(again?.observed).toEqual(expect.objectContaining({ state: "running", pid, starts: 1, message: "re-adopted after an agent restart" }));
+  const second = await c.start(0);
+  expect(second.url).toBe(first.url);
+  const again = await c.client().getVm("vm-adopt");
+  expect(again?.observed).toEqual(expect.objectContaining({ state: "running", pid, starts: 1, message: "re-attached after an agent restart" }));
   // The same desired state again is a no-op: same process, no second QEMU.
-  const put = await client.putVm("vm-adopt", s);
+  const put = await c.client().putVm("vm-adopt", s);
   expect(put.observed.pid).toBe(pid);
   expect(put.observed.starts).toBe(1);
-  expect(qemuProcessesFor(dir, "vm-adopt")).toEqual([pid]);
-  // The persisted state is whole JSON (written atomically), naming the VM.
-  const state = JSON.parse(fs.readFileSync(path.join(hostDir, "state.json"), "utf8"));
+  expect(qemuProcessesFor(c.dir, "vm-adopt")).toEqual([pid]);
+  const state = JSON.parse(fs.readFileSync(path.join(second.stateDir, "state.json"), "utf8"));
   expect(state.vms.map((x: { name: string }) => x.name)).toEqual(["vm-adopt"]);
 
-  await client.deleteVm("vm-adopt");
-  expect(qemuProcessesFor(dir, "vm-adopt")).toEqual([]);
-  expect(await client.getVm("vm-adopt")).toBeUndefined();
+  await c.client().deleteVm("vm-adopt");
+  expect(qemuProcessesFor(c.dir, "vm-adopt")).toEqual([]);
+  expect(await c.client().getVm("vm-adopt")).toBeUndefined();
 });
 
-test("a power-off job ends its VM, which the agent reports as exited, not failed", async () => {
-  const client = new AgentClient(agents[0].url, token);
-  await client.putVm("vm-batch", spec("vm-batch", env("power-off")));
-  const v = await waitFor(client, "vm-batch", (x) => x.observed.state !== "running" && x.observed.state !== "starting");
+test("an agent that died after spawning QEMU but before recording its pid: the restart takes over that QEMU", async () => {
+  const a = c.agents[0];
+  const client = c.client();
+  await client.putVm("vm-intent", vmSpec(c, "vm-intent"));
+  const v = await waitForVm(client, "vm-intent", (x) => x.observed.state === "running");
+  const pid = v.observed.pid!;
+  killAgent(a);
+  await gone(a.pid);
+  // Rewind the state to the moment before the pid was recorded: intent written, process spawned.
+  const file = path.join(a.stateDir, "state.json");
+  const state = JSON.parse(fs.readFileSync(file, "utf8"));
+  state.vms[0].observed = { state: "starting", starts: 1, startedAt: state.vms[0].observed.startedAt };
+  fs.writeFileSync(file, JSON.stringify(state));
+  await c.start(0);
+  const after = await c.client().getVm("vm-intent");
+  expect(after?.observed).toEqual(expect.objectContaining({ state: "running", pid, starts: 1 }));
+  // And the next desired state neither deletes its pidfile nor starts a second QEMU.
+  await c.client().putVm("vm-intent", vmSpec(c, "vm-intent"));
+  expect(qemuProcessesFor(c.dir, "vm-intent")).toEqual([pid]);
+  expect(fs.readFileSync(path.join(a.stateDir, "vms", "vm-intent", "qemu.pid"), "utf8").trim()).toBe(String(pid));
+  await c.client().deleteVm("vm-intent");
+});
+
+test("a pid reused by another process is not taken for the VM", async () => {
+  const a = c.agents[0];
+  const client = c.client();
+  await client.putVm("vm-reuse", vmSpec(c, "vm-reuse"));
+  const v = await waitForVm(client, "vm-reuse", (x) => x.observed.state === "running");
+  killAgent(a);
+  await gone(a.pid);
+  process.kill(v.observed.pid!, "SIGKILL");
+  await gone(v.observed.pid!);
+  // Another live process now stands where the pidfile points: this test's own jest worker.
+  fs.writeFileSync(path.join(a.stateDir, "vms", "vm-reuse", "qemu.pid"), `${process.pid}\n`);
+  await c.start(0);
+  const after = await c.client().getVm("vm-reuse");
+  expect(after?.observed.state).toBe("failed");
+  expect(after?.observed.pid).toBeUndefined();
+  // Repairing it starts exactly one new QEMU; the foreign process is untouched.
+  await c.client().putVm("vm-reuse", vmSpec(c, "vm-reuse"));
+  expect(qemuProcessesFor(c.dir, "vm-reuse")).toHaveLength(1);
+  expect(fs.existsSync(`/proc/${process.pid}`)).toBe(true);
+  await c.client().deleteVm("vm-reuse");
+});
+
+test("a power-off job ends its VM, which the agent reports as exited, and the same config never runs it again", async () => {
+  const client = c.client();
+  const s = vmSpec(c, "vm-batch", { env: jobEnv("power-off") });
+  await client.putVm("vm-batch", s);
+  const v = await waitForVm(client, "vm-batch", (x) => x.observed.state !== "running" && x.observed.state !== "starting");
   expect(v.observed.state).toBe("exited");
   expect(v.observed.lastExit).toEqual(expect.objectContaining({ code: 0, signal: null, expected: false }));
   expect(v.job.output).toBe("job-42\n");
-  expect(qemuProcessesFor(dir, "vm-batch")).toEqual([]);
+  expect(qemuProcessesFor(c.dir, "vm-batch")).toEqual([]);
+  const again = await client.putVm("vm-batch", { ...s, stopGraceSeconds: 3 });
+  expect(again.observed).toEqual(expect.objectContaining({ state: "exited", starts: 1 }));
+  expect(qemuProcessesFor(c.dir, "vm-batch")).toEqual([]);
+  await client.deleteVm("vm-batch");
+});
+
+test("a full disk: the intent cannot be recorded, so nothing starts (503); running VMs and the agent carry on", async () => {
+  const execa = require("execa") as typeof import("execa");
+  // Host 1's state directory is a small filesystem of its own, which the test then fills.
+  const hostDir = path.join(c.clusterDir, "host-1");
+  fs.mkdirSync(hostDir, { recursive: true });
+  await execa("mount", ["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", hostDir]);
+  try {
+    const a = await c.start(1);
+    const client = c.client(a);
+    await client.putVm("vm-disk", vmSpec(c, "vm-disk"));
+    await waitForVm(client, "vm-disk", (x) => x.job.state === "done");
+    const filler = path.join(hostDir, "filler");
+    const fd = fs.openSync(filler, "w");
+    try {
+      for (;;) fs.writeSync(fd, Buffer.alloc(4096));
+    } catch (err) {
+      expect((err as NodeJS.ErrnoException).code).toBe("ENOSPC");
+    } finally {
+      fs.closeSync(fd);
+    }
+    const res = await rawRequest(a, "PUT", "/v1/vms/vm-new", { token: c.launch.token, body: JSON.stringify(vmSpec(c, "vm-new")) });
+    expect(res.status).toBe(503);
+    expect(res.body.error).toMatch(/^cannot write .*state\.json: ENOSPC.*; nothing was started or changed$/);
+    expect(qemuProcessesFor(c.dir, "vm-new")).toEqual([]);
+    expect((await client.health()).persistError).toMatch(/ENOSPC/);
+    expect((await client.getVm("vm-disk"))?.observed.state).toBe("running");
+    // Space again: the retry writes the state, and the agent serves on as before.
+    fs.rmSync(filler);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await client.health()).persistError).toBeUndefined();
+    await client.putVm("vm-new", vmSpec(c, "vm-new"));
+    await waitForVm(client, "vm-new", (x) => x.observed.state === "running");
+    // The mount point itself cannot be removed, so the agent is shut down through its API here.
+    await client.shutdown();
+    expect(qemuProcessesFor(c.dir, "vm-new")).toEqual([]);
+    expect(qemuProcessesFor(c.dir, "vm-disk")).toEqual([]);
+  } finally {
+    await execa("umount", ["--lazy", hostDir], { reject: false });
+    delete c.agents[1];
+  }
 });

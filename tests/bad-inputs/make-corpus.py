@@ -4,6 +4,9 @@
 # report the problem; it is removed from the file. Usage:
 #   python3 tests/bad-inputs/make-corpus.py tests/bad-inputs
 import json, os, sys
+# Like every regenerate switch (tests/support/regenerate.js): CI only checks the corpus, never rewrites it.
+if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+    sys.exit(f"make-corpus.py rewrites the checked-in corpus, and CI={os.environ['CI']} is set: refused; regenerate locally and commit it")
 out = sys.argv[1]
 cases = {}
 
@@ -193,6 +196,43 @@ B = [
  ("format-policy-duplicate-hypervisor", pol("  @@allowedHypervisors: [qemu, qemu]\n"), "duplicate"),
 ]
 for n, t, m in B: case(n, t, m)
+
+# --- quantities beyond any machine: refused when the definitions are loaded, in every kind that carries
+# them, whether or not a VM uses the definition (schema maxima, and memory ranges the schema cannot express)
+MEM = "expected between 16 MiB and 1048576 MiB, found"
+Q = [
+ ("bounds-memory-unused-profile", docs(env(), prof(), prof(name="huge", spec="  accel: tcg\n  @@memory: 2TiB\n"), clus()), MEM + " 2097152 MiB"),
+ ("bounds-memory-profile-alone", prof(spec="  @@memory: 10TiB\n"), MEM + " 10485760 MiB"),
+ ("bounds-memory-profile-int", prof(spec="  @@memory: 2097152\n"), MEM + " 2097152 MiB"),
+ ("bounds-memory-profile-huge-int", prof(spec="  @@memory: 99999999999999999999999\n"), MEM + " 1e+23 MiB"),
+ ("bounds-memory-profile-overflow", prof(spec="  @@memory: \"" + "9" * 400 + "G\"\n"), "expected a memory size a machine can have"),
+ ("bounds-memory-override-unresolved", clus(spec="  environment: e\n  profile: p\n  overrides:\n    - {vm: 0, @@memory: 2TiB}\n"), MEM + " 2097152 MiB"),
+ ("bounds-memory-override-small", clus(spec="  environment: e\n  profile: p\n  overrides:\n    - {vm: 0, @@memory: 8}\n"), "expected between 16 MiB and 1048576 MiB, found 8 MiB"),
+ ("bounds-policy-maxmemory-huge", pol("  limits: {@@maxMemory: 10TiB}\n"), MEM + " 10485760 MiB"),
+ ("bounds-policy-maxmemory-small", pol("  limits: {@@maxMemory: 8MiB}\n"), MEM + " 8 MiB"),
+ ("bounds-policy-default-memory-huge", pol("  defaults:\n    profile: {@@memory: 10TiB}\n"), MEM + " 10485760 MiB"),
+ # The default is never used (the profile sets its memory), and still refused.
+ ("bounds-policy-default-memory-unused", docs(env(), prof(spec="  accel: tcg\n  memory: 512MiB\n"), clus(), pol("  defaults:\n    profile: {@@memory: 2TiB}\n")), MEM + " 2097152 MiB"),
+ ("bounds-policy-maxmemory-per-agent-huge", pol("  limits: {@@maxMemoryPerAgent: 100TiB}\n"), "expected between 16 MiB and 67108864 MiB, found 104857600 MiB"),
+ ("bounds-policy-maxmemory-per-agent-small", pol("  limits: {@@maxMemoryPerAgent: 8MiB}\n"), "expected between 16 MiB and 67108864 MiB, found 8 MiB"),
+ ("units-policy-maxmemory-per-agent", pol("  limits: {@@maxMemoryPerAgent: 4XB}\n"), 'expected a memory size such as 256 (MiB), "256MiB" or "2GiB", found "4XB"'),
+ ("bounds-policy-maxvms-per-agent-zero", pol("  limits: {@@maxVmsPerAgent: 0}\n"), "expected a number >= 1, found 0"),
+ ("bounds-policy-maxvms-per-agent-4097", pol("  limits: {@@maxVmsPerAgent: 4097}\n"), "expected a number <= 4096, found 4097"),
+ ("type-policy-maxvms-per-agent-string", pol("  limits: {@@maxVmsPerAgent: many}\n"), 'expected integer, found "many"'),
+ ("bounds-policy-maxvcpus-65", pol("  limits: {@@maxVcpus: 65}\n"), "expected a number <= 64, found 65"),
+ ("bounds-policy-default-vcpus-65", pol("  defaults:\n    profile: {@@vcpus: 65}\n"), "expected a number <= 64, found 65"),
+ ("bounds-policy-default-timeout-day", pol("  defaults:\n    environment: {@@timeoutSeconds: 86401}\n"), "expected a number <= 86400, found 86401"),
+ ("bounds-policy-default-nodes-257", pol("  defaults:\n    cluster: {@@nodes: 257}\n"), "expected a number <= 256, found 257"),
+ ("bounds-policy-default-hosts-65", pol("  defaults:\n    cluster: {@@hosts: 65}\n"), "expected a number <= 64, found 65"),
+ ("bounds-override-host-64", clus(spec="  environment: e\n  profile: p\n  overrides:\n    - {vm: 0, @@host: 64}\n"), "expected a number <= 63, found 64"),
+ ("bounds-vcpus-huge", prof(spec="  @@vcpus: 100000000000000000000\n"), "expected a number <= 64, found 100000000000000000000"),
+ ("bounds-vcpus-unused-profile", docs(env(), prof(), prof(name="wide", spec="  accel: tcg\n  @@vcpus: 1024\n"), clus()), "expected a number <= 64, found 1024"),
+ ("bounds-timeout-infinite", env(spec=JOB + "    @@timeoutSeconds: .inf\n"), "expected a number <= 86400, found Infinity"),
+ ("bounds-memory-infinite", prof(spec="  @@memory: .inf\n"), "expected a memory size a machine can have, found Infinity"),
+ ("bounds-policy-maxmemory-infinite", pol("  limits: {@@maxMemory: .inf}\n"), "expected a memory size a machine can have, found Infinity"),
+ ("bounds-nodes-huge", clus(spec="  environment: e\n  profile: p\n  @@nodes: 1000000\n"), "expected a number <= 256, found 1000000"),
+]
+for n, t, m in Q: case(n, t, m)
 
 # --- enums
 E = [

@@ -2,14 +2,15 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { DriverOps } from "../../provider/drivers/driver";
-import { clusterNetwork, nicsFor } from "../../provider/drivers/network";
-import { vmPaths } from "../../provider/drivers/qemu";
+import { clusterKey, clusterNetwork, nicsFor } from "../../provider/drivers/network";
+import { ConfigRefused, parseQemuConfig, vmPaths } from "../../provider/drivers/qemu";
 import { qemuDriver } from "../../provider/drivers/qemu-driver";
-import { buildImage, imageId, ImageExtras, markersFor } from "../../provider/image/busybox";
+import { buildImage, imageId, ImageExtras, imageRef, imageResolver, markersFor } from "../../provider/image/busybox";
 import type { ImageRef } from "../../provider/render/render";
 import { environment, freePort, vmModel, waitJob } from "./helpers";
 
 const CLUSTER = "vse-net";
+const KEY = clusterKey("vse", "test", CLUSTER);
 const NAMES = [`${CLUSTER}-0`, `${CLUSTER}-1`];
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vse-guest-net-"));
 let ops: DriverOps | undefined;
@@ -34,16 +35,16 @@ const JOB = [
 ];
 
 const extras: ImageExtras = { modules: ["virtio_net", "virtio_pci"], network: true };
-const ips = [0, 1].map((i) => nicsFor(CLUSTER, i)[0].ipv4);
+const ips = [0, 1].map((i) => nicsFor(KEY, i)[0].ipv4);
 
 /** Boots both guests with the configs given, waits for both jobs, checks each reached the other and saw no route out. */
 async function bootPairAndPing(stateDir: string, configFor: (i: number, image: ImageRef) => string): Promise<void> {
   const img = buildImage(environment("net-ping", JOB), path.join(tmp, "cache"), undefined, extras);
-  const o = (ops = await qemuDriver.open({ stateDir }));
+  const o = (ops = await qemuDriver.open({ stateDir, resolveImage: imageResolver(path.join(tmp, "cache")) }));
   try {
     for (const i of [0, 1]) {
       // Started one after the other: the first guest's listening socket must exist before the second connects.
-      await o.create({ name: NAMES[i], config: configFor(i, img) });
+      await o.create({ name: NAMES[i], config: configFor(i, imageRef(img.id)) });
       await o.start(NAMES[i]);
     }
     const jobs = await Promise.all(NAMES.map((n) => waitJob(vmPaths(path.join(stateDir, n)).console, markersFor(img.id), 180000)));
@@ -59,6 +60,7 @@ async function bootPairAndPing(stateDir: string, configFor: (i: number, image: I
 function render(i: number, image: ImageRef, network?: ReturnType<typeof clusterNetwork>): string {
   return qemuDriver.render({
     cluster: CLUSTER,
+    clusterKey: KEY,
     vm: vmModel(NAMES[i], "qemu", i),
     image,
     accel: "tcg",
@@ -74,22 +76,24 @@ test("the network extras give a new image id; without them the id stays the one 
 });
 
 test("two QEMU guests on the rendered cluster network (socket backend, multicast) reach each other, and nothing else", async () => {
-  const network = clusterNetwork(CLUSTER);
+  const network = clusterNetwork(KEY);
   await bootPairAndPing(path.join(tmp, "mcast"), (i, image) => {
     const config = render(i, image, network);
-    expect(config).toContain(`-device virtio-net-pci,netdev=vse0,mac=${nicsFor(CLUSTER, i)[0].mac}`);
+    expect(config).toContain(`-device virtio-net-pci,netdev=vse0,mac=${nicsFor(KEY, i)[0].mac}`);
     return config;
   });
 });
 
-test("two QEMU guests joined point to point by the socket backend (listen/connect) reach each other", async () => {
+test("a point-to-point socket backend (listen/connect) is refused: a config may not open a listener or reach a port", async () => {
   const port = await freePort();
-  await bootPairAndPing(path.join(tmp, "pair"), (i, image) =>
-    [
-      render(i, image).trimEnd(),
-      `-netdev socket,id=p0,${i === 0 ? "listen" : "connect"}=127.0.0.1:${port}`,
-      `-device virtio-net-pci,netdev=p0,mac=${nicsFor(CLUSTER, i)[0].mac}`,
+  for (const i of [0, 1]) {
+    const config = [
+      render(i, imageRef("0".repeat(64))).trimEnd(),
+      `-netdev socket,id=vse0,${i === 0 ? "listen" : "connect"}=127.0.0.1:${port}`,
+      `-device virtio-net-pci,netdev=vse0,mac=${nicsFor(KEY, i)[0].mac}`,
       "",
-    ].join("\n"),
-  );
+    ].join("\n");
+    expect(() => parseQemuConfig(config)).toThrow(ConfigRefused);
+    expect(() => parseQemuConfig(config)).toThrow(/-netdev expects socket,id=vse<N>,mcast=239\.255\./);
+  }
 });

@@ -50,4 +50,15 @@ export async function waitFor<T>(what: string, probe: () => T | undefined | fals
   }
 }
 
-export { freePort } from "../../provider/agent/agent";
+/** A free TCP port on 127.0.0.1, for a migration target to listen on. */
+export function freePort(): Promise<number> {
+  const net = require("net") as typeof import("net");
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as import("net").AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}

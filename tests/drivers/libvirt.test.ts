@@ -3,12 +3,15 @@ import * as os from "os";
 import * as path from "path";
 import { DriverOps } from "../../provider/drivers/driver";
 import { libvirtDriver, listDomains, virsh } from "../../provider/drivers/libvirt";
-import { clusterNetwork, nicsFor } from "../../provider/drivers/network";
-import { buildImage, markersFor } from "../../provider/image/busybox";
+import { clusterKey, clusterNetwork, domainName, nicsFor } from "../../provider/drivers/network";
+import { buildImage, imageRef, imageResolver, markersFor } from "../../provider/image/busybox";
 import { environment, lastTick, readText, sleep, vmModel, waitFor, waitJob } from "./helpers";
 import { libvirtdForTest, libvirtdUp } from "../support/libvirtd";
 
 const NAME = "vse-drv-libvirt";
+const KEY = clusterKey("vse", "test", "drv-lv");
+/** libvirt domains are named per cluster key, so two stacks sharing a libvirtd never touch each other's VMs. */
+const DOMAIN = domainName(KEY, NAME);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vse-libvirt-driver-"));
 let ops: DriverOps | undefined;
 
@@ -39,27 +42,29 @@ afterAll(async () => {
 test("libvirt driver: the VSE image boots as a domain of type qemu, runs its job, suspends, resumes, stops and is undefined", async () => {
   const env = environment("drv-libvirt", ["/bin/sh", "-c", "echo $((2+3)); (sleep 1; i=0; while :; do echo tick $i; i=$((i+1)); sleep 1; done) &"]);
   const img = buildImage(env, path.join(tmp, "cache"));
-  const consoleLog = path.join(tmp, "console.log");
   const config = libvirtDriver.render({
     cluster: "drv-lv",
+    clusterKey: KEY,
     vm: vmModel(NAME, "libvirt"),
-    image: img,
+    image: imageRef(img.id),
     accel: "tcg",
     kernelArgs: [],
-    network: clusterNetwork("drv-lv"),
-    consoleLog,
+    network: clusterNetwork(KEY),
   });
   expect(config).toContain("<domain type='qemu'>");
+  expect(config).toContain(`<name>${DOMAIN}</name>`);
 
-  ops = await libvirtDriver.open({ stateDir: path.join(tmp, "state") });
-  expect(await listDomains()).not.toContain(NAME);
+  ops = await libvirtDriver.open({ stateDir: path.join(tmp, "state"), resolveImage: imageResolver(path.join(tmp, "cache")), domainPrefix: `vse-${KEY}-` });
+  // The driver writes the console where it chooses; the config only says agent:console.
+  const consoleLog = path.join(tmp, "state", NAME, "console.log");
+  expect(await listDomains()).not.toContain(DOMAIN);
   await ops.create({ name: NAME, config });
   expect(await ops.status(NAME)).toMatchObject({ state: "stopped", detail: "shut off" });
-  // libvirt kept what the template said: direct kernel boot, the console file, the cluster NIC with its MAC.
-  const defined = await virsh(["dumpxml", NAME]);
+  // libvirt kept what the template said, with the image store's files and the driver's console file: direct kernel boot, the cluster NIC with its MAC.
+  const defined = await virsh(["dumpxml", DOMAIN]);
   expect(defined).toContain(`<kernel>${img.kernel}</kernel>`);
   expect(defined).toContain(`<source path='${consoleLog}'`);
-  expect(defined).toContain(`<mac address='${nicsFor("drv-lv", 0)[0].mac}'/>`);
+  expect(defined).toContain(`<mac address='${nicsFor(KEY, 0)[0].mac}'/>`);
   expect(defined).toMatch(/<interface type='mcast'>/);
   await ops.start(NAME);
   expect(await ops.status(NAME)).toMatchObject({ state: "running", memoryMiB: 128, vcpus: 1 });
@@ -86,18 +91,19 @@ test("libvirt driver: the VSE image boots as a domain of type qemu, runs its job
 
   await ops.destroy(NAME);
   expect(await ops.status(NAME)).toMatchObject({ state: "absent" });
-  expect(await listDomains()).not.toContain(NAME);
+  expect(await listDomains()).not.toContain(DOMAIN);
 });
 
 test("libvirt driver refuses a domain XML that names another VM, before defining anything", async () => {
-  const o = await libvirtDriver.open({ stateDir: path.join(tmp, "state-2") });
+  const o = await libvirtDriver.open({ stateDir: path.join(tmp, "state-2"), resolveImage: (id, f) => `/nonexistent/${id}/${f}`, domainPrefix: `vse-${KEY}-` });
   const xml = libvirtDriver.render({
     cluster: "drv-lv",
+    clusterKey: KEY,
     vm: vmModel("vse-drv-other", "libvirt"),
-    image: { id: "x", kernel: "/k", initrd: "/i" },
+    image: imageRef("0".repeat(64)),
     accel: "tcg",
     kernelArgs: [],
   });
-  await expect(o.create({ name: NAME, config: xml })).rejects.toThrow(`libvirt: domain XML of VM ${NAME} names "vse-drv-other" in <name>`);
-  expect(await listDomains()).not.toContain("vse-drv-other");
+  await expect(o.create({ name: NAME, config: xml })).rejects.toThrow(domainName(KEY, "vse-drv-other"));
+  expect(await listDomains()).not.toContain(domainName(KEY, "vse-drv-other"));
 });

@@ -1,16 +1,66 @@
 import { parseJob } from "../../provider/agent/agent";
-import { parseQemuConfig, qemuArgs, vmPaths } from "../../provider/drivers/qemu";
+import { ConfigRefused, configVmName, parseQemuConfig, qemuArgs, vmPaths } from "../../provider/drivers/qemu";
 
-test("the line-oriented config becomes an argument vector, values kept whole", () => {
-  const config = "# comment\n-name vm-0\n\n-m 256M\n-append console=ttyS0 panic=-1 quiet\n-nodefaults\n";
-  expect(parseQemuConfig(config)).toEqual(["-name", "vm-0", "-m", "256M", "-append", "console=ttyS0 panic=-1 quiet", "-nodefaults"]);
-});
+const ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const CONFIG = [
+  "# comment",
+  "-name vm-0",
+  "",
+  "-machine pc",
+  "-accel tcg",
+  "-m 256M",
+  "-smp 1",
+  `-kernel image:${ID}/vmlinuz`,
+  `-initrd image:${ID}/initrd.img`,
+  "-append console=ttyS0 panic=-1 quiet",
+  "-nodefaults",
+  "-no-user-config",
+  "-display none",
+  "",
+].join("\n");
+const resolve = (id: string, file: string) => `/store/${id}/${file}`;
 
-test("the agent adds its own plumbing after the rendered options", () => {
-  const args = qemuArgs("-name vm-0\n", vmPaths("/state/vms/vm-0"));
+test("the line-oriented config becomes an argument vector, values kept whole, image references unresolved", () => {
+  const { args, facts } = parseQemuConfig(CONFIG);
   expect(args).toEqual([
     "-name",
     "vm-0",
+    "-machine",
+    "pc",
+    "-accel",
+    "tcg",
+    "-m",
+    "256M",
+    "-smp",
+    "1",
+    "-kernel",
+    `image:${ID}/vmlinuz`,
+    "-initrd",
+    `image:${ID}/initrd.img`,
+    "-append",
+    "console=ttyS0 panic=-1 quiet",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+  ]);
+  expect(facts).toEqual({
+    name: "vm-0",
+    machine: "pc",
+    accel: "tcg",
+    memoryMiB: 256,
+    vcpus: 1,
+    imageId: ID,
+    kernelArgs: "console=ttyS0 panic=-1 quiet",
+    nics: [],
+  });
+  expect(configVmName(CONFIG)).toBe("vm-0");
+});
+
+test("the agent resolves image references through its store and adds its own plumbing after the rendered options", () => {
+  const args = qemuArgs(CONFIG, vmPaths("/state/vms/vm-0"), resolve);
+  expect(args.slice(10, 14)).toEqual(["-kernel", `/store/${ID}/vmlinuz`, "-initrd", `/store/${ID}/initrd.img`]);
+  expect(args.slice(-8)).toEqual([
     "-pidfile",
     "/state/vms/vm-0/qemu.pid",
     "-qmp",
@@ -20,14 +70,22 @@ test("the agent adds its own plumbing after the rendered options", () => {
     "-serial",
     "chardev:vse-console",
   ]);
-  expect(() => qemuArgs("-name vm-0\n", vmPaths("/state,x/vm-0"))).toThrow(/contains ','/);
+  expect(() => qemuArgs(CONFIG, vmPaths("/state,x/vm-0"), resolve)).toThrow(/contains ','/);
+  expect(() => qemuArgs(CONFIG, vmPaths("/state/vm-0"), () => "relative/path")).toThrow(/not an absolute path/);
+});
+
+test("a value that looks like an option stays a value when references are resolved", () => {
+  const config = CONFIG.replace("-append console=ttyS0 panic=-1 quiet", "-append -kernel");
+  const args = qemuArgs(config, vmPaths("/s/vm-0"), resolve);
+  expect(args.slice(10, 16)).toEqual(["-kernel", `/store/${ID}/vmlinuz`, "-initrd", `/store/${ID}/initrd.img`, "-append", "-kernel"]);
 });
 
 test.each([
-  ["-name vm-0\nrm -rf /", /line 2: expected "-option \[value\]"/],
-  ["-name vm-0\n-qmp tcp:0.0.0.0:4444", /line 2: -qmp is set by the node agent/],
-  ["-m 256M", /no -name line/],
+  ["-name vm-0\nrm -rf /", /^config line 2: expected "-option value" \(one QEMU option per line\), found "rm -rf \/"$/],
+  ["-name vm-0\n-qmp tcp:0.0.0.0:4444", /^config line 2: -qmp is not an option the node agent runs; the node agent sets it itself \(it allows: -name, /],
+  ["-m 256M", /the config has no -name line, which the node agent requires/],
 ])("a config the agent must refuse: %p", (config, message) => {
+  expect(() => parseQemuConfig(config)).toThrow(ConfigRefused);
   expect(() => parseQemuConfig(config)).toThrow(message);
 });
 

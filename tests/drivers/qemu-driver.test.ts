@@ -4,7 +4,8 @@ import * as path from "path";
 import { DriverOps } from "../../provider/drivers/driver";
 import { vmPaths } from "../../provider/drivers/qemu";
 import { qemuDriver } from "../../provider/drivers/qemu-driver";
-import { buildImage, markersFor } from "../../provider/image/busybox";
+import { clusterKey } from "../../provider/drivers/network";
+import { buildImage, imageRef, imageResolver, markersFor } from "../../provider/image/busybox";
 import { environment, freePort, lastTick, readText, sleep, vmModel, waitFor, waitJob } from "./helpers";
 
 const NAME = "vse-drv-qemu";
@@ -21,10 +22,19 @@ test("QEMU driver: create, start, job output, pause, resume, live migration, gra
   // The job prints its result, then leaves a ticker running so pause and migration can be seen on the console.
   const env = environment("drv-qemu", ["/bin/sh", "-c", "echo $((2+3)); (sleep 1; i=0; while :; do echo tick $i; i=$((i+1)); sleep 1; done) &"]);
   const img = buildImage(env, path.join(tmp, "cache"));
-  const config = qemuDriver.render({ cluster: "drv", vm: vmModel(NAME, "qemu"), image: img, accel: "tcg", kernelArgs: [] });
+  const config = qemuDriver.render({
+    cluster: "drv",
+    clusterKey: clusterKey("vse", "test", "drv"),
+    vm: vmModel(NAME, "qemu"),
+    image: imageRef(img.id),
+    accel: "tcg",
+    kernelArgs: [],
+  });
+  // Both hosts boot the image from the same store: the config names it by content id only.
+  const resolveImage = imageResolver(path.join(tmp, "cache"));
 
-  const source = await qemuDriver.open({ stateDir: path.join(tmp, "host-a") });
-  const target = await qemuDriver.open({ stateDir: path.join(tmp, "host-b") });
+  const source = await qemuDriver.open({ stateDir: path.join(tmp, "host-a"), resolveImage });
+  const target = await qemuDriver.open({ stateDir: path.join(tmp, "host-b"), resolveImage });
   ops.push(source, target);
   const consoleA = vmPaths(path.join(tmp, "host-a", NAME)).console;
   const consoleB = vmPaths(path.join(tmp, "host-b", NAME)).console;
@@ -75,8 +85,18 @@ test("QEMU driver: create, start, job output, pause, resume, live migration, gra
 });
 
 test("QEMU driver refuses a config that tries to set what the driver owns, before starting anything", async () => {
-  const o = await qemuDriver.open({ stateDir: path.join(tmp, "host-c") });
-  await expect(o.create({ name: "bad", config: "-name bad\n-qmp tcp:0.0.0.0:4444\n" })).rejects.toThrow("-qmp is set by the node agent");
-  await expect(o.create({ name: "bad", config: "-name other\n" })).rejects.toThrow('qemu: config of VM bad names "other" in -name');
+  const o = await qemuDriver.open({ stateDir: path.join(tmp, "host-c"), resolveImage: (id, file) => `/nonexistent/${id}/${file}` });
+  const other = qemuDriver.render({
+    cluster: "drv",
+    clusterKey: clusterKey("vse", "test", "drv"),
+    vm: vmModel("other", "qemu"),
+    image: imageRef("0".repeat(64)),
+    accel: "tcg",
+    kernelArgs: [],
+  });
+  await expect(o.create({ name: "bad", config: `${other}-qmp tcp:0.0.0.0:4444\n` })).rejects.toThrow(
+    "-qmp is not an option the node agent runs; the node agent sets it itself",
+  );
+  await expect(o.create({ name: "bad", config: other })).rejects.toThrow('qemu: config of VM bad names "other" in -name');
   expect((await o.status("bad")).state).toBe("absent");
 });

@@ -5,7 +5,7 @@ import * as path from "path";
 import { PROJECT_ROOT } from "../../provider/cli/engine";
 import { processArgv } from "../../provider/drivers/qemu";
 import { isLocalUnicastMac } from "../../provider/drivers/network";
-import { createTestStack, TestStack } from "../support/stack";
+import { createTestStack, TestStack, upAndCheckNoDiff } from "../support/stack";
 
 jest.setTimeout(10 * 60 * 1000);
 
@@ -20,7 +20,7 @@ afterAll(async () => {
 });
 
 test("two VMs of a cluster with a private network ping each other and have no route out", async () => {
-  const res = await t.stack.up();
+  const res = await upAndCheckNoDiff(t.stack);
   const vms = res.outputs.vms.value as Record<string, { output: string; exitCode: number; pid: number }>;
   expect(vms["net-cluster-0"]).toEqual(expect.objectContaining({ exitCode: 0, output: "no route outside the cluster\n10.77.0.1 reached 10.77.0.2\n" }));
   expect(vms["net-cluster-1"]).toEqual(expect.objectContaining({ exitCode: 0, output: "no route outside the cluster\n10.77.0.2 reached 10.77.0.1\n" }));

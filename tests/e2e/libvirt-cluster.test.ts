@@ -4,8 +4,9 @@
 import * as crypto from "crypto";
 import * as fs from "fs";
 import { listDomains, virsh } from "../../provider/drivers/libvirt";
+import { clusterKey, domainName } from "../../provider/drivers/network";
 import { libvirtdForTest } from "../support/libvirtd";
-import { createTestStack, exampleDefinitions, processesUnder, TestStack } from "../support/stack";
+import { createTestStack, exampleDefinitions, processesUnder, TestStack, upAndCheckNoDiff } from "../support/stack";
 
 jest.setTimeout(10 * 60 * 1000);
 
@@ -13,6 +14,8 @@ jest.setTimeout(10 * 60 * 1000);
 const CLUSTER = `lv-${crypto.randomBytes(3).toString("hex")}`;
 const VMS = [`${CLUSTER}-0`, `${CLUSTER}-1`];
 let t: TestStack;
+/** The libvirt domain of a VM: its name behind the cluster's key (project "vse", the test stack's name). */
+const domain = (vm: string) => domainName(clusterKey("vse", t.name, CLUSTER), vm);
 let stopDaemons: (() => Promise<void>) | undefined;
 
 beforeAll(async () => {
@@ -29,14 +32,14 @@ afterAll(async () => {
 });
 
 test("up boots each VM as a libvirt domain and reads its job's result", async () => {
-  const res = await t.stack.up();
+  const res = await upAndCheckNoDiff(t.stack);
   const vms = res.outputs.vms.value as Record<string, { status: string; output: string; pid: number }>;
   for (const vm of VMS) {
     expect(vms[vm]).toEqual(expect.objectContaining({ status: "running", output: "5\n" }));
-    expect((await virsh(["domstate", vm])).trim()).toBe("running");
-    // The domain's QEMU is libvirt's, not the agent's: "-name guest=<vm>,…".
-    expect(fs.readFileSync(`/proc/${vms[vm].pid}/cmdline`, "utf8")).toContain(`guest=${vm}`);
-    const xml = await virsh(["dumpxml", vm]);
+    expect((await virsh(["domstate", domain(vm)])).trim()).toBe("running");
+    // The domain's QEMU is libvirt's, not the agent's: "-name guest=<domain>,…".
+    expect(fs.readFileSync(`/proc/${vms[vm].pid}/cmdline`, "utf8")).toContain(`guest=${domain(vm)},`);
+    const xml = await virsh(["dumpxml", domain(vm)]);
     expect(xml).toContain("<type arch='x86_64' machine='pc-i440fx");
     expect(xml).toContain("<memory unit='KiB'>262144</memory>");
   }
@@ -50,14 +53,15 @@ test("preview after up reports no changes", async () => {
 test("destroy leaves no libvirt domain and no process", async () => {
   await t.stack.destroy();
   const domains = await listDomains();
-  for (const vm of VMS) expect(domains).not.toContain(vm);
+  for (const vm of VMS) expect(domains).not.toContain(domain(vm));
+  expect(domains.filter((d) => d.startsWith(domainName(clusterKey("vse", t.name, CLUSTER), "")))).toEqual([]);
   expect(processesUnder(t.stateRoot)).toEqual([]);
   const qemus = fs
     .readdirSync("/proc")
     .filter((p: string) => /^\d+$/.test(p))
     .filter((p: string) => {
       try {
-        return fs.readFileSync(`/proc/${p}/cmdline`, "utf8").includes(`guest=${CLUSTER}-`);
+        return fs.readFileSync(`/proc/${p}/cmdline`, "utf8").includes(`guest=${domainName(clusterKey("vse", t.name, CLUSTER), "")}`);
       } catch {
         return false;
       }

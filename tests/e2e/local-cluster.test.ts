@@ -5,8 +5,10 @@ import * as fs from "fs";
 import * as path from "path";
 import type { EngineEvent } from "@pulumi/pulumi/automation";
 import { AgentClient } from "../../provider/agent/client";
+import { TOKEN_PATTERN } from "../../provider/agent/protocol";
+import { clusterKey } from "../../provider/drivers/network";
 import { qemuFacts, vmPaths, processArgv } from "../../provider/drivers/qemu";
-import { createTestStack, exampleDefinitions, processesUnder, qemuProcessesFor, TestStack } from "../support/stack";
+import { createTestStack, exampleDefinitions, processesUnder, qemuProcessesFor, TestStack, upAndCheckNoDiff } from "../support/stack";
 
 jest.setTimeout(15 * 60 * 1000);
 
@@ -71,7 +73,7 @@ afterAll(async () => {
 });
 
 test("up boots a 2-VM cluster on 2 agents and each job prints the sum", async () => {
-  const res = await t.stack.up();
+  const res = await upAndCheckNoDiff(t.stack);
   expect(res.summary.result).toBe("succeeded");
   const vms = await vmOutputs();
   for (const vm of [VM0, VM1]) {
@@ -88,7 +90,7 @@ test("up boots a 2-VM cluster on 2 agents and each job prints the sum", async ()
   // The token is a secret: the checkpoint on disk holds it only encrypted.
   const checkpoint = fs.readFileSync(path.join(t.dir, "backend", ".pulumi", "stacks", "vse", `${t.name}.json`), "utf8");
   const token = fs.readFileSync(path.join(t.hostDir("local-cluster", 0), "token"), "utf8");
-  expect(token).toMatch(/^[0-9a-f]{64}$/);
+  expect(TOKEN_PATTERN.exec(token)?.[1]).toBe(clusterKey("vse", t.name, "local-cluster"));
   expect(checkpoint).toContain("ciphertext");
   expect(checkpoint).not.toContain(token);
 });
@@ -116,7 +118,7 @@ test("changing one VM's memory updates only that VM, restarting it with the new 
   expect(oldLines.filter((l) => !newLines.includes(l))).toEqual(["-m 256M"]);
   expect(newLines.filter((l) => !oldLines.includes(l))).toEqual(["-m 384M"]);
 
-  const res = await t.stack.up();
+  const res = await upAndCheckNoDiff(t.stack);
   expect(res.summary.resourceChanges?.update).toBe(1);
   const after = await vmOutputs();
   expect(after[VM0].pid).toBe(before[VM0].pid);
@@ -138,7 +140,7 @@ test("changing the environment's job replaces the VMs that use it and runs the n
   for (const vm of [VM0, VM1]) expect(opsFor(steps, vm)).toContain("replace");
   expect(steps.filter((s) => s.urn.endsWith("vse:Environment::busybox-sum")).map((s) => s.op)).toContain("replace");
 
-  await t.stack.up();
+  await upAndCheckNoDiff(t.stack);
   const vms = await vmOutputs();
   for (const vm of [VM0, VM1]) {
     expect(vms[vm].output).toBe("42\n");
@@ -171,13 +173,13 @@ test("a QEMU killed with SIGKILL is reported by its agent, shown by refresh, and
   expect(opsFor(steps, VM0)).toEqual(["update"]);
   expect(opsFor(steps, VM1)).toEqual(["same"]);
 
-  await t.stack.up();
+  await upAndCheckNoDiff(t.stack);
   const after = await vmOutputs();
   expect(after[VM0].status).toBe("running");
   expect(after[VM0].output).toBe("42\n");
   expect(qemuProcessesFor(t.stateRoot, VM0)).toEqual([after[VM0].pid]);
   // A second up changes nothing and never starts a second QEMU for the VM.
-  await t.stack.up();
+  await upAndCheckNoDiff(t.stack);
   expect(qemuProcessesFor(t.stateRoot, VM0)).toEqual([after[VM0].pid]);
 });
 
@@ -195,7 +197,7 @@ test("a dead agent is seen by refresh and restarted by up, re-adopting its runni
   const vm1 = (await t.stack.exportStack()).deployment.resources.find((r: { urn: string }) => r.urn.endsWith(`::${VM1}`));
   expect(vm1.outputs.status).toBe("unreachable");
 
-  await t.stack.up();
+  await upAndCheckNoDiff(t.stack);
   const after = await vmOutputs();
   // Same guest processes: the restarted agent adopted VM1 rather than booting it again.
   expect(after[VM1].pid).toBe(before[VM1].pid);
@@ -203,12 +205,14 @@ test("a dead agent is seen by refresh and restarted by up, re-adopting its runni
   expect(after[VM1].status).toBe("running");
   const agent = await agentFor(1);
   expect(agent.url).toBe(agent1.url);
-  expect((await agent.getVm(VM1))?.observed.message).toBe("re-adopted after an agent restart");
+  expect((await agent.getVm(VM1))?.observed.message).toBe("re-attached after an agent restart");
 });
 
 test("destroy leaves no QEMU or agent process and removes the state directories", async () => {
   expect(processesUnder(t.stateRoot).length).toBeGreaterThan(0);
   await t.stack.destroy();
   expect(processesUnder(t.stateRoot)).toEqual([]);
-  expect(fs.existsSync(path.join(t.stateRoot, "clusters", `vse.${t.name}.local-cluster`))).toBe(false);
+  expect(fs.existsSync(path.dirname(t.hostDir("local-cluster", 0)))).toBe(false);
+  const clusters = path.join(t.stateRoot, "clusters");
+  expect(fs.existsSync(clusters) ? fs.readdirSync(clusters) : []).toEqual([]);
 });

@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as path from "path";
 import type { EngineEvent } from "@pulumi/pulumi/automation";
 import { AgentClient } from "../../provider/agent/client";
-import { createTestStack, qemuProcessesFor, TestStack } from "../support/stack";
+import { createTestStack, qemuProcessesFor, TestStack, upAndCheckNoDiff } from "../support/stack";
 
 jest.setTimeout(10 * 60 * 1000);
 
@@ -59,7 +59,7 @@ afterAll(async () => {
 });
 
 test("moving a VM to another host migrates it live: an update in preview, the same guest on the target", async () => {
-  const first = await t.stack.up();
+  const first = await upAndCheckNoDiff(t.stack);
   const before = first.outputs.vms.value as Record<string, { pid: number; output: string }>;
   expect(before["mig-0"].output).toBe("started\n");
   const sourceConsole = path.join(t.hostDir("mig", 0), "vms", "mig-0", "console.log");
@@ -78,7 +78,7 @@ test("moving a VM to another host migrates it live: an update in preview, the sa
   expect(ops["mig-1"]).toBe("same");
 
   const lastOnSource = ticks(sourceConsole).pop()!;
-  const res = await t.stack.up();
+  const res = await upAndCheckNoDiff(t.stack);
   const after = res.outputs.vms.value as Record<string, { pid: number; output: string; status: string }>;
   expect(after["mig-0"].status).toBe("running");
   expect(after["mig-0"].output).toBe("started\n"); // the job ran once, before the move

@@ -4,7 +4,7 @@ import * as fs from "fs";
 import * as path from "path";
 import type { EngineEvent } from "@pulumi/pulumi/automation";
 import { main as vse, PlanAction, VmPlanRow } from "../../provider/cli/vse";
-import { createTestStack, exampleDefinitions, TestStack } from "../support/stack";
+import { createTestStack, exampleDefinitions, TestStack, upAndCheckNoDiff } from "../support/stack";
 
 jest.setTimeout(10 * 60 * 1000);
 
@@ -52,7 +52,7 @@ beforeAll(async () => {
   await git("init", "-q");
   await git("add", ".");
   await git("commit", "-qm", "base");
-  await t.stack.up();
+  await upAndCheckNoDiff(t.stack);
 });
 
 afterAll(async () => {

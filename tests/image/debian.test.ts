@@ -5,7 +5,8 @@ import * as zlib from "zlib";
 import { DriverOps } from "../../provider/drivers/driver";
 import { vmPaths } from "../../provider/drivers/qemu";
 import { qemuDriver } from "../../provider/drivers/qemu-driver";
-import { imageId, markersFor } from "../../provider/image/busybox";
+import { clusterKey } from "../../provider/drivers/network";
+import { imageId, imageRef, imageResolver, markersFor } from "../../provider/image/busybox";
 import { debianImageId, mmdebstrapArgs } from "../../provider/image/debian";
 import { buildEnvironmentImage, environmentImageId } from "../../provider/image";
 import type { DefinitionProblem } from "../../provider/model/errors";
@@ -129,8 +130,8 @@ test("a real Debian VSE: mmdebstrap builds it, QEMU boots it, the job uses a lis
   // The unpacked tree lives in guest RAM (see spec.base), so this VM gets 512 MiB.
   const vm = vmModel(NAME, "qemu");
   vm.profile.memoryMiB = 512;
-  const config = qemuDriver.render({ cluster: "deb", vm, image: img, accel: "tcg", kernelArgs: [] });
-  const host = await qemuDriver.open({ stateDir: path.join(tmp, "host") });
+  const config = qemuDriver.render({ cluster: "deb", clusterKey: clusterKey("vse", "test", "deb"), vm, image: imageRef(img.id), accel: "tcg", kernelArgs: [] });
+  const host = await qemuDriver.open({ stateDir: path.join(tmp, "host"), resolveImage: imageResolver(cache) });
   ops.push(host);
   await host.create({ name: NAME, config });
   const boot = Date.now();

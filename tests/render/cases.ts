@@ -1,23 +1,23 @@
 import type { ProfileModel } from "../../provider/model/resolve";
 import type { Hypervisor, RenderInput } from "../../provider/render/render";
 import { HYPERVISORS } from "../../provider/drivers/registry";
-import { clusterNetwork } from "../../provider/drivers/network";
+import { clusterKey, clusterNetwork } from "../../provider/drivers/network";
+import { imageRef } from "../../provider/image/busybox";
 
 export interface RenderCase {
   name: string;
   input: RenderInput;
 }
 
-const image = {
-  id: "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
-  kernel: "/var/cache/vse/images/0f1e2d3c4b5a/vmlinuz",
-  initrd: "/var/cache/vse/images/0f1e2d3c4b5a/initrd.img",
-};
+const image = imageRef("0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0");
+/** The cases' cluster key: project "vse", stack "local", cluster "md-sim" (as planClusters computes it by default). */
+export const CASES_KEY = clusterKey("vse", "local", "md-sim");
 
 function input(hypervisor: Hypervisor, p: Omit<ProfileModel, "hypervisor" | "name">, extra: Partial<RenderInput> & { index?: number }): RenderInput {
   const index = extra.index ?? 0;
   return {
     cluster: "md-sim",
+    clusterKey: CASES_KEY,
     vm: { name: `md-sim-${index}`, index, host: index % 2, profile: { name: "compute", hypervisor, ...p } },
     image,
     accel: p.accel === "kvm" ? "kvm" : "tcg",
@@ -41,12 +41,12 @@ export function renderCases(hypervisor: Hypervisor): RenderCase[] {
       input: input(
         hypervisor,
         { memoryMiB: 2048, vcpus: 4, machine: "q35", accel: "kvm" },
-        { index: 3, network: clusterNetwork("md-sim"), kernelArgs: ["vse.tag=<a&b>", "quote='x'"], consoleLog: "/srv/vse/md-sim/md-sim-3/console.log" },
+        { index: 3, network: clusterNetwork(CASES_KEY), kernelArgs: ["vse.tag=<a&b>", "quote='x'"], consoleLog: "/srv/vse/md-sim/md-sim-3/console.log" },
       ),
     },
     {
       name: "microvm-network",
-      input: input(hypervisor, { memoryMiB: 128, vcpus: 2, machine: "microvm", accel: "tcg" }, { index: 1, network: clusterNetwork("md-sim") }),
+      input: input(hypervisor, { memoryMiB: 128, vcpus: 2, machine: "microvm", accel: "tcg" }, { index: 1, network: clusterNetwork(CASES_KEY) }),
     },
   ];
 }

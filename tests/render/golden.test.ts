@@ -2,15 +2,19 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { parseQemuConfig } from "../../provider/drivers/qemu";
+import { parseLibvirtDomain } from "../../provider/drivers/libvirt";
+import { imageRef } from "../../provider/image/busybox";
 import { DRIVERS } from "../../provider/drivers/registry";
-import { isLocalUnicastMac, nicsFor } from "../../provider/drivers/network";
+import { clusterKey, domainName, isLocalUnicastMac, nicsFor } from "../../provider/drivers/network";
 import { planClusters } from "../../provider/program/plan";
 import { Hypervisor, renderVmConfig, RenderInput } from "../../provider/render/render";
-import { ALL_HYPERVISORS, renderCases } from "./cases";
+import { regenerateAllowed } from "../support/regenerate";
+import { ALL_HYPERVISORS, CASES_KEY, renderCases } from "./cases";
 import { parseVboxPlan, parseXlConfig, parseXml } from "./structure";
 
 const GOLDEN_DIR = path.resolve(__dirname, "..", "golden");
-const UPDATE = process.env.UPDATE_GOLDEN === "1";
+/** UPDATE_GOLDEN=1 rewrites tests/golden from the renders (never under CI: the suite then fails to load, saying why). */
+const UPDATE = regenerateAllowed("UPDATE_GOLDEN");
 
 function goldenFile(h: Hypervisor, name: string): string {
   return path.join(GOLDEN_DIR, h, `${name}.golden`);
@@ -24,11 +28,21 @@ const text = (x: unknown): string => (typeof x === "object" && x !== null ? Stri
 /** Hypervisor-specific structure: the render parses, and carries every profile field where the hypervisor has a place for it. */
 function checkStructure(h: Hypervisor, input: RenderInput, out: string): void {
   const p = input.vm.profile;
-  const nics = input.network ? nicsFor(input.cluster, input.vm.index) : [];
+  const nics = input.network ? nicsFor(input.clusterKey, input.vm.index) : [];
   const append = ["console=ttyS0", "panic=-1", "quiet", ...input.kernelArgs].join(" ");
   switch (h) {
     case "qemu": {
-      const args = parseQemuConfig(out);
+      const { args, facts } = parseQemuConfig(out);
+      expect(facts).toEqual({
+        name: input.vm.name,
+        machine: p.machine,
+        accel: input.accel,
+        memoryMiB: p.memoryMiB,
+        vcpus: p.vcpus,
+        imageId: input.image.id,
+        kernelArgs: append,
+        nics: nics.map((n) => ({ mac: n.mac, mcast: input.network!.mcast })),
+      });
       const opt = (o: string) => args[args.indexOf(o) + 1];
       expect(opt("-name")).toBe(input.vm.name);
       expect(opt("-m")).toBe(`${p.memoryMiB}M`);
@@ -42,7 +56,18 @@ function checkStructure(h: Hypervisor, input: RenderInput, out: string): void {
     case "libvirt": {
       const d = parseXml(out).domain as Xml;
       expect(d["@type"]).toBe(input.accel === "kvm" ? "kvm" : "qemu");
-      expect(text(d.name)).toBe(input.vm.name);
+      expect(text(d.name)).toBe(domainName(input.clusterKey, input.vm.name));
+      // The node agent's allowlist accepts the render, with the same facts.
+      expect(parseLibvirtDomain(out).facts).toEqual({
+        name: domainName(input.clusterKey, input.vm.name),
+        machine: p.machine,
+        accel: input.accel,
+        memoryMiB: p.memoryMiB,
+        vcpus: p.vcpus,
+        imageId: input.image.id,
+        kernelArgs: append,
+        nics: nics.map((n) => ({ mac: n.mac, mcast: input.network!.mcast })),
+      });
       expect(text(d.memory)).toBe(String(p.memoryMiB));
       expect(at(d, "memory", "@unit")).toBe("MiB");
       expect(text(d.vcpu)).toBe(String(p.vcpus));
@@ -51,7 +76,7 @@ function checkStructure(h: Hypervisor, input: RenderInput, out: string): void {
       expect(text(at(d, "os", "initrd"))).toBe(input.image.initrd);
       // The parser undoes the escaping: what libvirt reads is exactly the command line.
       expect(text(at(d, "os", "cmdline"))).toBe(append);
-      expect(at(d, "devices", "serial", "source", "@path")).toBeTruthy();
+      expect(at(d, "devices", "serial", "source", "@path")).toBe("agent:console");
       expect(asList(at(d, "devices", "interface")).map((i) => at(i, "mac", "@address"))).toEqual(nics.map((n) => n.mac));
       break;
     }
@@ -64,7 +89,7 @@ function checkStructure(h: Hypervisor, input: RenderInput, out: string): void {
       expect(cfg.get("kernel")).toBe(input.image.kernel);
       expect(cfg.get("ramdisk")).toBe(input.image.initrd);
       expect(String(cfg.get("cmdline"))).toContain(p.machine === "microvm" ? "console=hvc0" : "console=ttyS0");
-      expect(cfg.get("vif") ?? []).toEqual(nics.map((n) => `mac=${n.mac},bridge=vse-${input.cluster}`));
+      expect(cfg.get("vif") ?? []).toEqual(nics.map((n) => `mac=${n.mac},bridge=vse-${input.clusterKey}`));
       expect(out).toContain(`accel=${input.accel}`);
       break;
     }
@@ -146,7 +171,7 @@ test("the golden folders hold exactly the cases, so a stale golden file cannot l
 });
 
 test("cluster NICs: one per VM, locally administered, unique in the cluster", () => {
-  const macs = Array.from({ length: 256 }, (_, i) => nicsFor("md-sim", i)[0].mac);
+  const macs = Array.from({ length: 256 }, (_, i) => nicsFor(CASES_KEY, i)[0].mac);
   expect(new Set(macs).size).toBe(256);
   expect(macs.every(isLocalUnicastMac)).toBe(true);
 });
@@ -232,14 +257,18 @@ describe("switching hypervisor is one field", () => {
       expect(v.vm.profile.hypervisor).toBe(h);
       expect(v.config).not.toBe(a.vms[i].config);
       expect(v.config).toBe(
-        renderVmConfig({ cluster: "sw", vm: v.vm, image: { id: v.imageId, ...imageFiles(a.vms[i].config) }, accel: "tcg", kernelArgs: [] }),
+        renderVmConfig({
+          cluster: "sw",
+          clusterKey: CLUSTER_KEY_SW,
+          vm: v.vm,
+          image: imageRef(parseQemuConfig(a.vms[i].config).facts.imageId),
+          accel: "tcg",
+          kernelArgs: [],
+        }),
       );
     });
   });
 });
 
-/** The image paths a rendered QEMU config boots, to re-render the same VM for another hypervisor. */
-function imageFiles(qemuConfig: string): { kernel: string; initrd: string } {
-  const args = parseQemuConfig(qemuConfig);
-  return { kernel: args[args.indexOf("-kernel") + 1], initrd: args[args.indexOf("-initrd") + 1] };
-}
+/** planClusters' default project and stack. */
+const CLUSTER_KEY_SW = clusterKey("vse", "local", "sw");

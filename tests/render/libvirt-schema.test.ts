@@ -2,6 +2,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { onPath } from "../../provider/drivers/driver";
+import { resolveLibvirtDomain } from "../../provider/drivers/libvirt";
 import { renderVmConfig } from "../../provider/render/render";
 import { renderCases } from "./cases";
 
@@ -20,14 +21,25 @@ async function virtXmlValidate(name: string, xml: string): Promise<{ ok: boolean
   return { ok: res.exitCode === 0, output: res.all ?? "" };
 }
 
-test.each(renderCases("libvirt").map((c) => [c.name, c] as const))("rendered domain XML %s validates against libvirt's schema", async (name, c) => {
-  const res = await virtXmlValidate(name, renderVmConfig(c.input));
-  expect(res.output).toMatch(/validates$/m);
-  expect(res.ok).toBe(true);
-});
+/** What the node agent defines from a render: image references and agent:console resolved to real files. */
+function defined(xml: string): string {
+  return resolveLibvirtDomain(xml, {
+    resolveImage: (id, file) => `/var/lib/vse-provider/images/${id}/${file}`,
+    consolePath: "/var/lib/vse-provider/vms/md-sim-0/console.log",
+  });
+}
+
+test.each(renderCases("libvirt").map((c) => [c.name, c] as const))(
+  "the domain XML the agent defines from render %s validates against libvirt's schema",
+  async (name, c) => {
+    const res = await virtXmlValidate(name, defined(renderVmConfig(c.input)));
+    expect(res.output).toMatch(/validates$/m);
+    expect(res.ok).toBe(true);
+  },
+);
 
 test("libvirt's schema rejects a domain the template must not produce", async () => {
-  const xml = renderVmConfig(renderCases("libvirt")[0].input).replace("<memory unit='MiB'>", "<memory unit='pages'>");
+  const xml = defined(renderVmConfig(renderCases("libvirt")[0].input)).replace("<memory unit='MiB'>", "<memory unit='pages'>");
   const res = await virtXmlValidate("broken", xml);
   expect(res.ok).toBe(false);
   expect(res.output).toMatch(/fails to validate/);

@@ -2,7 +2,9 @@ import * as crypto from "crypto";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import type { EngineEvent, Stack, UpOptions, UpResult } from "@pulumi/pulumi/automation";
 import { engineEnv, openStack, PROJECT_ROOT } from "../../provider/cli/engine";
+import { clusterKey } from "../../provider/drivers/network";
 
 /** A throw-away stack of the root project: own file backend, state and definitions, in a temp dir. */
 export interface TestStack {
@@ -35,7 +37,7 @@ export async function createTestStack(definitions: Record<string, string>): Prom
     defsDir,
     stateRoot,
     stack,
-    hostDir: (cluster, host) => path.join(stateRoot, "clusters", `vse.${name}.${cluster}`, `host-${host}`),
+    hostDir: (cluster, host) => path.join(stateRoot, "clusters", `${cluster}-${clusterKey("vse", name, cluster)}`, `host-${host}`),
     async cleanup() {
       try {
         await stack.destroy();
@@ -46,6 +48,45 @@ export async function createTestStack(definitions: Record<string, string>): Prom
       }
     },
   };
+}
+
+/** A throw-away stack of any Pulumi project directory, with its own file backend, and the agents' state and the image cache in a temp dir. */
+export interface ProjectStack {
+  name: string;
+  dir: string;
+  stateRoot: string;
+  cacheDir: string;
+  stack: Awaited<ReturnType<typeof openStack>>;
+  cleanup(): Promise<void>;
+}
+
+/** Opens a new stack of the project in workDir, with stack config vse:stateDir and vse:cacheDir set to dirs in a fresh temp dir. */
+export async function createProjectStack(workDir: string): Promise<ProjectStack> {
+  const name = `t-${crypto.randomBytes(4).toString("hex")}`;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vse-e2e-"));
+  const stateRoot = path.join(dir, "state");
+  const cacheDir = path.join(dir, "cache");
+  const env = engineEnv({ backendUrl: `file://${path.join(dir, "backend")}`, passphrase: "test" });
+  let stack: ProjectStack["stack"] | undefined;
+  const cleanup = async () => {
+    try {
+      if (stack) {
+        await stack.destroy();
+        await stack.workspace.removeStack(name);
+      }
+    } finally {
+      fs.rmSync(path.join(workDir, `Pulumi.${name}.yaml`), { force: true });
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  try {
+    stack = await openStack(name, env, workDir);
+    await stack.setAllConfig({ "vse:stateDir": { value: stateRoot }, "vse:cacheDir": { value: cacheDir } });
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+  return { name, dir, stateRoot, cacheDir, stack, cleanup };
 }
 
 /** Live processes whose command line mentions dir: the QEMU and agent processes of one test stack. */
@@ -73,4 +114,31 @@ export function qemuProcessesFor(dir: string, vmName: string): number[] {
 
 export function exampleDefinitions(): string {
   return fs.readFileSync(path.join(PROJECT_ROOT, "examples", "local-cluster", "cluster.yaml"), "utf8");
+}
+
+/**
+ * `up`, then a `preview` that must show no changes at all (its change summary
+ * has only "same"): a provider whose outputs do not match its next diff would
+ * make every run after an up change something again. Throws naming the steps
+ * that are not "same" and the inputs they change.
+ */
+export async function upAndCheckNoDiff(stack: Stack, opts?: UpOptions): Promise<UpResult> {
+  const res = await stack.up(opts);
+  const steps: string[] = [];
+  const preview = await stack.preview({
+    diff: true,
+    onEvent: (e: EngineEvent) => {
+      const m = e.resourcePreEvent?.metadata;
+      if (!m || m.op === "same") return;
+      const olds = (m.old?.inputs ?? {}) as Record<string, unknown>;
+      const news = (m.new?.inputs ?? {}) as Record<string, unknown>;
+      const changed = [...new Set([...Object.keys(olds), ...Object.keys(news)])].filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+      steps.push(`${m.op} ${m.urn.split("::").pop()} (${m.diffs?.length ? m.diffs.join(", ") : changed.join(", ") || "no input changed"})`);
+    },
+  });
+  const summary = preview.changeSummary ?? {};
+  if (Object.keys(summary).some((k) => k !== "same")) {
+    throw new Error(`preview right after up shows changes ${JSON.stringify(summary)}:\n${steps.join("\n")}`);
+  }
+  return res;
 }

@@ -7,7 +7,8 @@
 // it that we tried (see engine/README.md). The engine only needs the
 // LanguageRuntime gRPC service; this host implements it the same way: it runs
 // `@pulumi/pulumi/cmd/run` from the program's node_modules with the flags and
-// environment (PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS) that the SDK reads.
+// environment (PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS, PULUMI_NODEJS_TYPESCRIPT,
+// PULUMI_NODEJS_TSCONFIG_PATH) that the SDK reads.
 package main
 
 import (
@@ -37,11 +38,13 @@ import (
 const exitAfterUserMessage = 32
 
 func main() {
+	// Older engines passed the runtime options as flags; this one sends them in
+	// RunRequest.Info.Options (see runOptions), so the flags are accepted and ignored.
 	flag.String("tracing", "", "ignored: tracing is not supported by this host")
-	flag.Bool("typescript", false, "ignored: programs are compiled ahead of time")
+	flag.Bool("typescript", true, "ignored: see runtime.options.typescript")
 	flag.String("root", "", "ignored")
-	flag.String("tsconfig", "", "ignored")
-	flag.String("nodeargs", "", "ignored")
+	flag.String("tsconfig", "", "ignored: see runtime.options.tsconfig")
+	flag.String("nodeargs", "", "ignored: see runtime.options.nodeargs")
 	flag.String("packagemanager", "", "ignored")
 	flag.Parse()
 	logging.InitLogging(false, 0, false)
@@ -92,8 +95,9 @@ func (h *host) Handshake(ctx context.Context, req *pulumirpc.LanguageHandshakeRe
 	return &pulumirpc.LanguageHandshakeResponse{}, nil
 }
 
-// Dynamic providers are served by pulumi-resource-pulumi-nodejs, which the
-// engine finds on PATH, so the program needs no plugin downloads.
+// Dynamic providers are served by pulumi-resource-pulumi-nodejs, a bundled
+// plugin that set-up installs next to the pulumi binary (where the engine
+// looks for bundled plugins), so the program needs no plugin downloads.
 func (h *host) GetRequiredPackages(ctx context.Context, req *pulumirpc.GetRequiredPackagesRequest) (*pulumirpc.GetRequiredPackagesResponse, error) {
 	return &pulumirpc.GetRequiredPackagesResponse{}, nil
 }
@@ -140,6 +144,10 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 		entryPoint = info.GetEntryPoint()
 		rootDir = info.GetRootDirectory()
 	}
+	opts, err := runOptions(req.GetInfo())
+	if err != nil {
+		return &pulumirpc.RunResponse{Error: err.Error()}, nil
+	}
 	node, err := exec.LookPath("node")
 	if err != nil {
 		return &pulumirpc.RunResponse{Error: "node is not on PATH: " + err.Error()}, nil
@@ -149,7 +157,7 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 		return &pulumirpc.RunResponse{Error: err.Error()}, nil
 	}
 
-	args := []string{runPath}
+	args := append(append([]string{}, opts.nodeArgs...), runPath)
 	add := func(k, v string) {
 		if v != "" {
 			args = append(args, "--"+k, v)
@@ -186,6 +194,15 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	cmd.Env = append(os.Environ(),
 		"PULUMI_CONFIG="+cfg,
 		"PULUMI_CONFIG_SECRET_KEYS="+string(secretKeys))
+	// @pulumi/pulumi/cmd/run reads these: with PULUMI_NODEJS_TYPESCRIPT=true it
+	// registers ts-node (the program's own, else the SDK's vendored one) with the
+	// tsconfig.json of the program directory, or PULUMI_NODEJS_TSCONFIG_PATH.
+	if opts.typescript {
+		cmd.Env = append(cmd.Env, "PULUMI_NODEJS_TYPESCRIPT=true")
+	}
+	if opts.tsconfig != "" {
+		cmd.Env = append(cmd.Env, "PULUMI_NODEJS_TSCONFIG_PATH="+opts.tsconfig)
+	}
 	if err := cmd.Run(); err != nil {
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) {
@@ -197,6 +214,46 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 		return &pulumirpc.RunResponse{Error: "could not run node: " + err.Error()}, nil
 	}
 	return &pulumirpc.RunResponse{}, nil
+}
+
+// nodeOptions are Pulumi.yaml's runtime.options, read as Pulumi's own host reads them.
+type nodeOptions struct {
+	// Run TypeScript sources through ts-node; true unless the project says false.
+	typescript bool
+	// tsconfig.json to use, relative to the program directory.
+	tsconfig string
+	// Extra arguments for node, before the SDK's run script.
+	nodeArgs []string
+}
+
+func runOptions(info *pulumirpc.ProgramInfo) (nodeOptions, error) {
+	opts := nodeOptions{typescript: true}
+	if info == nil || info.GetOptions() == nil {
+		return opts, nil
+	}
+	m := info.GetOptions().AsMap()
+	if v, ok := m["typescript"]; ok {
+		b, ok := v.(bool)
+		if !ok {
+			return opts, fmt.Errorf("runtime option typescript must be a boolean, found %v", v)
+		}
+		opts.typescript = b
+	}
+	if v, ok := m["tsconfig"]; ok {
+		s, ok := v.(string)
+		if !ok {
+			return opts, fmt.Errorf("runtime option tsconfig must be a string, found %v", v)
+		}
+		opts.tsconfig = s
+	}
+	if v, ok := m["nodeargs"]; ok {
+		s, ok := v.(string)
+		if !ok {
+			return opts, fmt.Errorf("runtime option nodeargs must be a string, found %v", v)
+		}
+		opts.nodeArgs = strings.Fields(s)
+	}
+	return opts, nil
 }
 
 // resolveModule asks node itself, so resolution follows Node's own rules.

@@ -1,0 +1,16 @@
+import * as pulumi from "@pulumi/pulumi";
+
+/**
+ * A warning in the engine's output from inside a dynamic provider, for a
+ * cleanup step that failed after the operation itself was decided (so the
+ * operation does not fail, but the user must hear of it). The dynamic-provider
+ * host gets the engine's address as its first argument and does not hand it to
+ * the SDK, so it is set here before logging.
+ */
+export async function warn(message: string): Promise<void> {
+  const { getStore } = require("@pulumi/pulumi/runtime/state") as { getStore: () => { settings: { options: { engineAddr?: string } } } };
+  const options = getStore().settings.options;
+  const addr = process.argv[2];
+  if (!options.engineAddr && addr && /^[\w.-]+:\d+$/.test(addr)) options.engineAddr = addr;
+  await pulumi.log.warn(message);
+}
