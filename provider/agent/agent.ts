@@ -141,9 +141,19 @@ export class Agent {
       } catch (err) {
         this.log(`VM ${e.name}: could not look for its process: ${(err as Error).message}`);
       }
+      const detail = run ? await this.runDetail(e) : undefined;
+      if (run && detail === "postmigrate") {
+        // This copy handed the VM over to its migration target before the agent died: the VM lives there now.
+        this.log(`VM ${e.name}: found a copy that had already migrated away (pid ${run.pid}); removing it`);
+        e.run = run;
+        await this.remove(e).catch((err: Error) => this.log(`VM ${e.name}: ${err.message}`));
+        continue;
+      }
       if (run) {
         e.run = run;
-        e.observed = { ...e.observed, state: "running", pid: run.pid, message: "re-attached after an agent restart" };
+        // A QEMU still waiting for a migration is a target, whatever the agent had recorded before it died.
+        const incoming = detail === "inmigrate" ? (e.observed.incoming ?? `unix:${path.join(this.vmsDir, e.name, "migrate.sock")}`) : undefined;
+        e.observed = { ...e.observed, state: "running", pid: run.pid, incoming, message: "re-attached after an agent restart" };
         this.log(`re-attached VM ${e.name} (pid ${run.pid})`);
       } else if (e.observed.state === "running" || e.observed.state === "starting") {
         e.observed = {
@@ -160,6 +170,15 @@ export class Agent {
     // Re-attached processes are not our children: poll them.
     this.watcher = setInterval(() => void this.pollAdopted(), 500);
     this.watcher.unref();
+  }
+
+  /** The hypervisor's own word for a running VM's state (QEMU: running, paused, inmigrate, postmigrate). */
+  private async runDetail(e: Entry): Promise<string | undefined> {
+    try {
+      return (await (await this.driver(e.spec.hypervisor)).status(e.name)).detail;
+    } catch {
+      return undefined;
+    }
   }
 
   close(): void {
@@ -344,7 +363,7 @@ export class Agent {
       throw new AgentRefusal(503, `VM ${e.name}: ${(err as Error).message}`);
     }
     e.stopping = false;
-    e.observed = { state: "starting", startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit };
+    e.observed = { state: "starting", startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit, incoming };
     // The intent is on disk before any process exists: a crash from here on is found again by recover().
     this.recordIntent();
     try {
@@ -536,6 +555,14 @@ export class Agent {
   }
 
   private async view(e: Entry): Promise<VmView> {
+    // A migration target stops waiting once the VM has landed, whoever saw it land.
+    if (e.observed.incoming && e.run && !e.run.exited) {
+      const detail = await this.runDetail(e);
+      if (detail && detail !== "inmigrate") {
+        e.observed = { ...e.observed, incoming: undefined, message: "migrated here" };
+        this.persist();
+      }
+    }
     const text = this.consoleText(e);
     return {
       name: e.name,

@@ -42,24 +42,32 @@ function sleep(ms: number): Promise<void> {
 }
 
 /**
- * The live QEMU of a VM, found the way a restarted agent must find it: the pid
- * its pidfile names, accepted only when that process is a QEMU started with
- * this very pidfile and this VM's name (a reused pid fails both checks).
+ * The live QEMU of a VM, found the way a restarted agent must find it: by its
+ * pidfile path and VM name together, never by a pid alone. First the pid the
+ * pidfile names, accepted only when that process is a QEMU started with this
+ * very pidfile and name (a reused pid fails both checks); then, for a QEMU
+ * spawned so recently that it has not written its pidfile yet, a look through
+ * /proc for one started with them.
  */
 export function qemuFromPidfile(pidfile: string, name: string): number | undefined {
-  let pid: number;
+  const startedWith = (pid: number) => {
+    try {
+      const argv = processArgv(pid);
+      return argv[argv.indexOf("-pidfile") + 1] === pidfile && isQemuFor(pid, name);
+    } catch {
+      return false;
+    }
+  };
   try {
-    pid = Number(fs.readFileSync(pidfile, "utf8").trim());
+    const pid = Number(fs.readFileSync(pidfile, "utf8").trim());
+    if (pid > 0 && startedWith(pid)) return pid;
   } catch {
-    return undefined;
+    // no pidfile yet, or gone
   }
-  if (!(pid > 0) || !isQemuFor(pid, name)) return undefined;
-  try {
-    const argv = processArgv(pid);
-    return argv[argv.indexOf("-pidfile") + 1] === pidfile ? pid : undefined;
-  } catch {
-    return undefined;
+  for (const e of fs.readdirSync("/proc")) {
+    if (/^[0-9]+$/.test(e) && startedWith(Number(e))) return Number(e);
   }
+  return undefined;
 }
 
 /** QEMU through the functions in qemu.ts, plus QMP for pause, resume, facts and migration. The node agent's road to QEMU. */

@@ -419,7 +419,8 @@ export function qemuArgs(config: string, paths: VmPaths, resolveImage: ImageReso
 export function startQemu(config: string, paths: VmPaths, extraArgs: string[] = [], resolveImage: ImageResolver = defaultImageResolver()): ChildProcess {
   const execa = require("execa") as typeof import("execa");
   fs.mkdirSync(paths.dir, { recursive: true });
-  for (const f of [paths.qmp, paths.pidfile]) fs.rmSync(f, { force: true });
+  // Never the pidfile: QEMU locks it, so a second QEMU of this VM fails instead of running beside the first; a stale one it overwrites.
+  fs.rmSync(paths.qmp, { force: true });
   const errFd = fs.openSync(paths.stderr, "w");
   try {
     const child = execa(QEMU_BINARY, [...qemuArgs(config, paths, resolveImage), ...extraArgs], {

@@ -65,7 +65,7 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function specOf(inputs: VirtualMachineInputs): VmSpec {
+export function specOf(inputs: VirtualMachineInputs): VmSpec {
   return { hypervisor: inputs.hypervisor, config: inputs.config, markers: inputs.markers, stopGraceSeconds: STOP_GRACE_SECONDS, afterJob: inputs.afterJob };
 }
 
@@ -102,8 +102,19 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
 
     const deadline = t0 + inputs.jobTimeoutSeconds * 1000;
     v = view;
+    let doneAt: number | undefined;
     for (;;) {
-      if (v?.job.state === "done") return outputsFrom(inputs, v, (Date.now() - t0) / 1000);
+      if (v?.job.state === "done") {
+        doneAt ??= Date.now();
+        // A guest that powers off after its job has not finished until its process has ended: recording it as running (with the pid of a process about to end) would be wrong.
+        const poweringOff = inputs.afterJob === "power-off" && (v.observed.state === "running" || v.observed.state === "starting");
+        if (!poweringOff) return outputsFrom(inputs, v, (doneAt - t0) / 1000);
+        if (Date.now() > deadline)
+          throw new Error(`VM ${inputs.vmName}: its job reported a result but the guest did not power off within ${inputs.jobTimeoutSeconds} s`);
+        await sleep(100);
+        v = await client.getVm(inputs.vmName);
+        continue;
+      }
       if (v && (v.observed.state === "failed" || v.observed.state === "exited" || v.observed.state === "stopped")) {
         throw new Error(`VM ${inputs.vmName} ended before its job reported a result: ${v.observed.message ?? v.observed.state}`);
       }
@@ -151,29 +162,45 @@ export async function vmDiff(olds: VirtualMachineOutputs, news: VirtualMachineIn
   return { changes: changed.length > 0 || drifted, replaces, deleteBeforeReplace: replaces.length > 0 };
 }
 
-/** Moves the running VM to its new host's agent without a reboot (QEMU live migration); the job's result stays what it was. */
-async function migrate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<VirtualMachineOutputs> {
-  const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
-  const source = new AgentClient(olds.agentUrl, olds.token);
-  const target = new AgentClient(news.agentUrl, news.token);
-  const spec = specOf(news);
-  const landing = await target.incoming(news.vmName, spec);
+/**
+ * Moves a running VM from the source agent to the target without a reboot
+ * (QEMU live migration). Safe to repeat after an interruption: a target that
+ * already runs the VM means an earlier attempt landed (the source's copy is
+ * then removed); a target still waiting from an earlier attempt is dropped
+ * first. When the migration fails the VM keeps running on the source and no
+ * waiting target is left.
+ */
+export async function moveVm(
+  source: import("../agent/client").AgentClient,
+  target: import("../agent/client").AgentClient,
+  name: string,
+  spec: VmSpec,
+): Promise<{ view: VmView; totalMs: number; downtimeMs: number }> {
+  const there = await target.getVm(name);
+  if (there?.observed.state === "running" && !there.observed.incoming) {
+    await source.deleteVm(name);
+    return { view: await target.putVm(name, spec), totalMs: 0, downtimeMs: 0 };
+  }
+  if (there) await target.deleteVm(name);
+  const landing = await target.incoming(name, spec);
   try {
-    const m = await source.migrate(news.vmName, landing.observed.incoming!);
-    const v = await target.putVm(news.vmName, spec);
-    return {
-      ...outputsFrom(news, v, olds.jobSeconds),
-      jobOutput: olds.jobOutput,
-      jobExitCode: olds.jobExitCode,
-      message: `migrated from host ${olds.host} in ${m.totalMs} ms (downtime ${m.downtimeMs} ms)`,
-    };
+    const m = await source.migrate(name, landing.observed.incoming!);
+    return { view: await target.putVm(name, spec), ...m };
   } catch (err) {
-    // The VM still runs on the source when a migration fails (the agent keeps it): drop the waiting target.
-    await target
-      .deleteVm(news.vmName)
-      .catch((e: Error) => warn(`VM ${news.vmName}: the failed migration's waiting target on host ${news.host} could not be removed: ${e.message}`));
+    await target.deleteVm(name).catch((e: Error) => warn(`VM ${name}: the failed migration's waiting target could not be removed: ${e.message}`));
     throw err;
   }
+}
+
+async function migrate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<VirtualMachineOutputs> {
+  const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
+  const m = await moveVm(new AgentClient(olds.agentUrl, olds.token), new AgentClient(news.agentUrl, news.token), news.vmName, specOf(news));
+  return {
+    ...outputsFrom(news, m.view, olds.jobSeconds),
+    jobOutput: olds.jobOutput,
+    jobExitCode: olds.jobExitCode,
+    message: `migrated from host ${olds.host} in ${m.totalMs} ms (downtime ${m.downtimeMs} ms)`,
+  };
 }
 
 export async function vmUpdate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<pulumi.dynamic.UpdateResult> {
