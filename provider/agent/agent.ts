@@ -451,7 +451,13 @@ export class Agent {
       this.admit(name, spec, facts);
       const e: Entry = { name, spec, observed: { state: "stopped", starts: old?.observed.starts ?? 0 } };
       this.vms.set(name, e);
-      await this.start(e, `unix:${path.join(this.vmsDir, name, "migrate.sock")}`);
+      try {
+        await this.start(e, `unix:${path.join(this.vmsDir, name, "migrate.sock")}`);
+      } catch (err) {
+        // A target that did not come up leaves nothing behind; the VM still runs on its source.
+        await this.remove(e).catch(() => undefined);
+        throw err;
+      }
       return this.view(e);
     });
   }

@@ -7,6 +7,7 @@ import type { Definitions, Located } from "./load";
 import type { ClusterModel } from "./resolve";
 import type { Environment, SitePolicy, VirtualCluster, VmProfile } from "./types.generated";
 import { parseMemoryMiB } from "./units";
+import { isUnlocated } from "./site-policy";
 
 export interface PolicyOptions {
   /** The kernel release guests boot; only called when the policy restricts kernels. */
@@ -219,6 +220,7 @@ export function checkPolicy(defs: Definitions, policy: Located<SitePolicy>, clus
   const problems: DefinitionProblem[] = [];
   const seen = new Set<string>();
   const ruleAt = (rule: FieldPath, where: Located<SitePolicy> = policy) => {
+    if (isUnlocated(where)) return undefined;
     const p = where.at(rule);
     return `${where.file}:${p.line}:${p.column}`;
   };
@@ -229,7 +231,10 @@ export function checkPolicy(defs: Definitions, policy: Located<SitePolicy>, clus
     seen.add(key);
     const fills = filledByPolicy.get(l.doc);
     const filled = field.map((_, i) => fills?.get(field.slice(0, field.length - i).join("."))).find((f) => f);
-    const source = filled ? ` (set by policy default ${filled.rule.join(".")} at ${ruleAt(filled.rule, filled.policy)})` : "";
+    const filledAt = filled && ruleAt(filled.rule, filled.policy);
+    const source = filled
+      ? ` (set by policy default ${filled.rule.join(".")}${filledAt ? ` at ${filledAt}` : ` of site policy "${filled.policy.doc.metadata.name}"`})`
+      : "";
     problems.push({
       file: l.file,
       ...loc,

@@ -23,9 +23,17 @@ export const PERMISSIVE_SITE_POLICY: SitePolicy = {
   spec: {},
 };
 
-/** A policy document with no file behind it (the permissive default, or one received from an agent). */
+const unlocatedPolicies = new WeakSet<object>();
+
+/** A policy document with no file behind it (the permissive default, or one received from an agent): its rules have no line to point at. */
 export function unlocated(doc: SitePolicy, source: string): Located<SitePolicy> {
-  return { doc, file: source, at: () => ({ line: 1, column: 1 }) };
+  const l = { doc, file: source, at: () => ({ line: 1, column: 1 }) };
+  unlocatedPolicies.add(l);
+  return l;
+}
+
+export function isUnlocated(l: Located<SitePolicy>): boolean {
+  return unlocatedPolicies.has(l);
 }
 
 /** Validates a policy object (e.g. from GET /v1/policy) as a SitePolicy document; throws DefinitionError naming the field. */
@@ -36,7 +44,7 @@ export function sitePolicyFromObject(value: unknown, source: string): Located<Si
   const policy = [...defs.policies.values()][0];
   if (!problems.length && !policy) problems.push({ file: source, line: 1, column: 1, field: "kind", message: `expected a SitePolicy document` });
   if (problems.length) throw new DefinitionError(problems);
-  return policy;
+  return unlocated(policy.doc, source);
 }
 
 /**

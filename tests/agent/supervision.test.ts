@@ -161,3 +161,17 @@ test("a full disk: the intent cannot be recorded, so nothing starts (503); runni
     delete c.agents[1];
   }
 });
+
+test("a VM whose QEMU refuses to start leaves nothing behind, as a create and as a migration target", async () => {
+  const a = c.agents[0] ?? (await c.start(0));
+  // 1024 vCPUs pass the allowlist but QEMU's pc machine takes at most 255: it exits at once.
+  const spec = vmSpec(c, "vm-refused", { vcpus: 1024 });
+  for (const p of ["/v1/vms/vm-refused", "/v1/vms/vm-refused/incoming"]) {
+    const res = await rawRequest(a, p.endsWith("incoming") ? "POST" : "PUT", p, { token: c.launch.token, body: JSON.stringify(spec) });
+    expect(res.status).toBe(500);
+    expect(res.body.error).toMatch(/^VM vm-refused: qemu: VM vm-refused failed to start: .*(max CPUs|Invalid SMP)/i);
+    expect(await c.client().getVm("vm-refused")).toBeUndefined();
+    expect(fs.existsSync(path.join(a.stateDir, "vms", "vm-refused"))).toBe(false);
+    expect(qemuProcessesFor(c.dir, "vm-refused")).toEqual([]);
+  }
+});
