@@ -69,6 +69,17 @@ async function main(): Promise<Record<string, unknown>> {
       hosts: m.allocation.hosts,
       imageStore: path.join(cacheDir, "images"),
       sitePolicyFile,
+      // For a policy pack: judged before the cluster's agents start (its VMs register only once they have).
+      vmFacts: plan.vms.map((p) => ({
+        vm: p.vm.name,
+        host: p.vm.host,
+        hypervisor: p.vm.profile.hypervisor,
+        memoryMiB: p.vm.profile.memoryMiB,
+        vcpus: p.vm.profile.vcpus,
+        base: m.environment.base,
+        ...(m.environment.debian?.mirror ? { mirror: m.environment.debian.mirror } : {}),
+        kernelArgs: m.environment.kernelArgs,
+      })),
     });
     for (const p of plan.vms) {
       const vm = new VirtualMachine(

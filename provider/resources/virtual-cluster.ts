@@ -13,6 +13,11 @@ export interface VirtualClusterInputs {
   imageStore: string;
   /** The site policy file the agents enforce; null: the permissive local default. */
   sitePolicyFile: string | null;
+  /**
+   * What each VM of the cluster asks for, as site policy judges it (model/policy.ts VmPolicyFacts, plus its host).
+   * The provider ignores it; it is here so that a policy pack (policy-pack/) can refuse the cluster before its agents start.
+   */
+  vmFacts?: { vm: string; host: number; hypervisor: string; memoryMiB: number; vcpus: number; base?: string; mirror?: string; kernelArgs: string[] }[];
 }
 
 export interface VirtualClusterOutputs extends VirtualClusterInputs {

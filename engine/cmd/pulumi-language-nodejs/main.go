@@ -8,7 +8,8 @@
 // LanguageRuntime gRPC service; this host implements it the same way: it runs
 // `@pulumi/pulumi/cmd/run` from the program's node_modules with the flags and
 // environment (PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS, PULUMI_NODEJS_TYPESCRIPT,
-// PULUMI_NODEJS_TSCONFIG_PATH) that the SDK reads.
+// PULUMI_NODEJS_TSCONFIG_PATH) that the SDK reads, and `RunPlugin` runs Node
+// policy packs (`--policy-pack`) with the SDK's run-policy-pack.
 package main
 
 import (
@@ -214,6 +215,87 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 		return &pulumirpc.RunResponse{Error: "could not run node: " + err.Error()}, nil
 	}
 	return &pulumirpc.RunResponse{}, nil
+}
+
+// RunPlugin runs a plugin written in Node.js from its directory: for the engine,
+// that is a policy pack (`--policy-pack <dir>`, Kind "analyzer", with a
+// PulumiPolicy.yaml of runtime nodejs) or a provider with a PulumiPlugin.yaml.
+// Like Pulumi's own host it starts the SDK's runner from the plugin's
+// node_modules: `node @pulumi/pulumi/cmd/run-policy-pack <engine address>
+// <dir>` for a policy pack, `node @pulumi/pulumi/cmd/run-plugin <dir> <args…>`
+// otherwise, with the environment the engine sent, and streams the process's
+// stdout (whose first line is the port it serves on) and stderr back, then its
+// exit code. The engine ends the plugin by cancelling the call, which kills node.
+func (h *host) RunPlugin(req *pulumirpc.RunPluginRequest, server pulumirpc.LanguageRuntime_RunPluginServer) error {
+	info := req.GetInfo()
+	if info == nil || info.GetProgramDirectory() == "" {
+		return errors.New("RunPlugin: the request names no plugin directory")
+	}
+	pluginDir := info.GetProgramDirectory()
+	opts, err := runOptions(info)
+	if err != nil {
+		return err
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return fmt.Errorf("node is not on PATH: %w", err)
+	}
+	closer, stdout, stderr, err := rpcutil.MakeRunPluginStreams(server, false)
+	if err != nil {
+		return err
+	}
+
+	args := append([]string{}, opts.nodeArgs...)
+	// A policy pack's runner takes the engine's address, then the pack's directory; the
+	// pack's PolicyPack reads its version from package.json in the working directory.
+	dir := pluginDir
+	if req.GetKind() == "analyzer" {
+		runPath, err := resolveModule(node, pluginDir, "@pulumi/pulumi/cmd/run-policy-pack")
+		if err != nil {
+			return err
+		}
+		args = append(append(append(args, runPath), req.GetArgs()...), pluginDir)
+	} else {
+		runPath, err := resolveModule(node, pluginDir, "@pulumi/pulumi/cmd/run-plugin")
+		if err != nil {
+			return err
+		}
+		args = append(append(args, runPath, pluginDir), req.GetArgs()...)
+		if req.GetPwd() != "" {
+			dir = req.GetPwd()
+		}
+	}
+
+	env := req.GetEnv()
+	if len(env) == 0 {
+		env = os.Environ()
+	}
+	env = append([]string{}, env...)
+	if opts.typescript {
+		env = append(env, "PULUMI_NODEJS_TYPESCRIPT=true")
+	}
+	if opts.tsconfig != "" {
+		env = append(env, "PULUMI_NODEJS_TSCONFIG_PATH="+opts.tsconfig)
+	}
+
+	cmd := exec.CommandContext(server.Context(), node, args...)
+	cmd.Dir = dir
+	cmd.Env = env
+	cmd.Stdout = stdout
+	cmd.Stderr = stderr
+	runErr := cmd.Run()
+	if err := closer.Close(); err != nil {
+		return err
+	}
+	code := 0
+	if runErr != nil {
+		var exitErr *exec.ExitError
+		if !errors.As(runErr, &exitErr) {
+			return fmt.Errorf("could not run node: %w", runErr)
+		}
+		code = exitErr.ExitCode()
+	}
+	return server.Send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: int32(code)}})
 }
 
 // nodeOptions are Pulumi.yaml's runtime.options, read as Pulumi's own host reads them.
