@@ -16,10 +16,10 @@ import type {
 } from "./model/types.generated";
 import { hostKernel, ImageExtras, imageRef, markersFor } from "./image/busybox";
 import { environmentImageId } from "./image";
-import { CLUSTER_NETWORK_EXTRAS, clusterKey, clusterNetwork, nicsFor } from "./drivers/network";
+import { clusterKey } from "./drivers/network";
 import { renderVmConfig } from "./render/render";
 import { loadSitePolicy, sitePolicyFile as sitePolicyFileOf } from "./model/site-policy";
-import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, resolveAccel, vmInputs } from "./program/plan";
+import { clusterBoot, DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, resolveAccel, vmInputs } from "./program/plan";
 import { Environment as EnvironmentResource } from "./resources/environment";
 import { VmProfile as VmProfileResource } from "./resources/vm-profile";
 import { VirtualCluster as VirtualClusterResource } from "./resources/virtual-cluster";
@@ -167,8 +167,8 @@ export class VirtualCluster extends pulumi.ComponentResource {
     // What the YAML program plans per cluster (planClusters in provider/program/plan.ts).
     const m = this.model;
     const key = clusterKey(pulumi.getProject(), pulumi.getStack(), name);
-    const network = m.network === "private" ? clusterNetwork(key) : undefined;
-    const image = env.imageFor(network ? CLUSTER_NETWORK_EXTRAS : undefined);
+    const { network, extras, kernelArgs: kernelArgsOf } = clusterBoot(m, key);
+    const image = env.imageFor(extras);
     this.resource = new VirtualClusterResource(
       name,
       {
@@ -186,8 +186,7 @@ export class VirtualCluster extends pulumi.ComponentResource {
     for (const vm of m.vms) {
       // accel 'auto' is resolved by a probe boot, as in the YAML program; the config follows it.
       const accel = pulumi.output(resolveAccel(vm.profile.accel, env.cacheDir));
-      // On a cluster network, the guest learns its address from its kernel command line.
-      const kernelArgs = network ? [...m.environment.kernelArgs, `vse.ip=${nicsFor(key, vm.index)[0].ipv4}/16`] : m.environment.kernelArgs;
+      const kernelArgs = kernelArgsOf(vm);
       this.vms.push(
         new VirtualMachine(
           vm.name,

@@ -20,6 +20,8 @@ export interface AgentOptions {
   log?: (msg: string) => void;
   /** Opens a driver; tests and production use the same drivers, this only lets a test count calls. */
   openDriver?: (hypervisor: string, stateDir: string) => Promise<DriverOps>;
+  /** Benchmark only (main.ts --standin-guests): QEMU VMs, checked as ever, run as stand-in processes (drivers/standin.ts). */
+  standinGuests?: boolean;
 }
 
 interface Entry {
@@ -72,9 +74,14 @@ export function readTail(file: string, limit = CONSOLE_TAIL_BYTES): string {
 
 async function defaultOpenDriver(hypervisor: string, stateDir: string, o: AgentOptions): Promise<DriverOps> {
   const resolveImage = (id: string, file: "vmlinuz" | "initrd.img") => o.images.resolve(id, file);
+  if (hypervisor === "qemu" && o.standinGuests) {
+    const { standinDriver } = require("../drivers/standin") as typeof import("../drivers/standin");
+    return standinDriver.open({ stateDir, resolveImage });
+  }
   if (hypervisor === "qemu") {
     const { qemuDriver } = require("../drivers/qemu-driver") as typeof import("../drivers/qemu-driver");
-    return qemuDriver.open({ stateDir, resolveImage });
+    // Warm-launch snapshots sit beside the images in the host's store.
+    return qemuDriver.open({ stateDir, resolveImage, snapshotDir: path.join(path.dirname(o.images.root), "snapshots") });
   }
   if (hypervisor === "libvirt") {
     const { libvirtDriver } = require("../drivers/libvirt") as typeof import("../drivers/libvirt");
@@ -370,7 +377,14 @@ export class Agent {
       await ops.create({ name: e.name, config: e.spec.config });
       const run = await ops.start(e.name, incoming ? { incoming } : {});
       this.watch(e, run);
-      e.observed = { ...e.observed, state: "running", pid: run.pid, message: incoming ? "waiting for a live migration" : undefined, incoming };
+      e.observed = {
+        ...e.observed,
+        state: "running",
+        pid: run.pid,
+        launch: run.launch,
+        message: incoming ? "waiting for a live migration" : undefined,
+        incoming,
+      };
     } catch (err) {
       // Nothing of a failed start stays running.
       await ops.stop(e.name, 0).catch(() => undefined);

@@ -1,5 +1,6 @@
 // The node agent daemon:
 //   node dist/provider/agent/main.js --state-dir DIR --token-file FILE --cluster-key KEY --image-store DIR [--policy FILE]
+//     [--standin-guests]   benchmark only: run QEMU VMs as stand-in processes (provider/drivers/standin.ts), boot nothing
 // Serves on the unix socket DIR/agent.sock (DIR is made 0700), holds an
 // exclusive lock on DIR while it lives, and writes DIR/agent.json atomically
 // once it serves. The site policy is the file given (re-read when it changes)
@@ -80,7 +81,9 @@ async function main(): Promise<void> {
   } catch (err) {
     fail(`--policy ${policyFile}: ${err instanceof DefinitionError ? err.problems.map(formatProblem).join("\n") : (err as Error).message}`);
   }
-  const agent = new Agent({ stateDir, clusterKey, images: new ImageStore(imageStore), policy: () => policy().doc, log });
+  const standinGuests = process.argv.includes("--standin-guests");
+  if (standinGuests) log("--standin-guests: BENCHMARK ONLY, QEMU VMs run as stand-in processes, nothing is booted");
+  const agent = new Agent({ stateDir, clusterKey, images: new ImageStore(imageStore), policy: () => policy().doc, log, standinGuests });
   await agent.load();
   const socket = path.join(stateDir, "agent.sock");
   const infoFile = path.join(stateDir, "agent.json");

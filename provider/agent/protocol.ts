@@ -78,6 +78,8 @@ export interface VmObserved {
   starts: number;
   /** Set while the VM waits for a live migration: where the source sends its state. */
   incoming?: string;
+  /** How the VM's current process came up: restored from a warm-launch snapshot, or booted. */
+  launch?: "warm" | "cold";
   message?: string;
 }
 

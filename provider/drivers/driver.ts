@@ -82,6 +82,8 @@ export interface RunningVm {
   pid: number;
   /** Resolves when the process ends, with its status where the driver can read it (its own child). Absent for a re-attached process. */
   exited?: Promise<ExitStatus>;
+  /** How the VM came up: restored from a pre-booted snapshot ("warm") or booted ("cold"). */
+  launch?: "warm" | "cold";
 }
 
 /** Operations on VMs of one host. Methods that do not apply to a hypervisor are absent, as its capabilities say. */
@@ -113,6 +115,8 @@ export interface OpenOptions {
   resolveImage?: (id: string, file: "vmlinuz" | "initrd.img") => string;
   /** Prefixes hypervisor-global names (libvirt domains) so that two stacks never touch each other's VMs: vse-<cluster key>-. */
   domainPrefix?: string;
+  /** Where warm-launch snapshots live (the host's store); without it warm VMs boot cold and none is saved. */
+  snapshotDir?: string;
 }
 
 export interface Driver {

@@ -17,8 +17,11 @@ import {
   VmStatus,
 } from "./driver";
 import {
+  ConfigFacts,
   configVmName,
   defaultImageResolver,
+  isWarm,
+  parseQemuConfig,
   ImageResolver,
   isQemuFor,
   processArgv,
@@ -32,6 +35,8 @@ import {
   waitForQmp,
 } from "./qemu";
 import { qmpCommand } from "./qmp";
+import { handIdentity, restoreUri, resumeRestored, saveSnapshot, waitForReady } from "./qemu-warm";
+import { identityLine, markersFor, readyMarker } from "../image/busybox";
 
 const requirements: Requirement[] = [binaryOnPath(QEMU_BINARY, "qemu-system-x86")];
 
@@ -75,6 +80,7 @@ class QemuOps implements DriverOps {
   constructor(
     private readonly stateDir: string,
     private readonly resolveImage: ImageResolver,
+    private readonly snapshotDir?: string,
   ) {}
 
   private paths(name: string): VmPaths {
@@ -108,7 +114,12 @@ class QemuOps implements DriverOps {
     if (live !== undefined) return { pid: live };
     const p = this.paths(name);
     const config = this.config(name);
-    const child = startQemu(config, p, opts.incoming ? ["-incoming", opts.incoming] : [], this.resolveImage);
+    const { facts } = parseQemuConfig(config);
+    // A warm VM restores its snapshot when the store has one; a migration target takes its state from the source instead.
+    const warm = isWarm(facts) && !opts.incoming;
+    const restore = warm ? restoreUri(this.snapshotDir, facts) : undefined;
+    const incoming = opts.incoming ?? restore;
+    const child = startQemu(config, p, incoming ? ["-incoming", incoming] : [], this.resolveImage);
     const exited = new Promise<ExitStatus>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
     let ended = false;
     void exited.then(() => (ended = true));
@@ -122,12 +133,38 @@ class QemuOps implements DriverOps {
       const err = fs.existsSync(p.stderr) ? fs.readFileSync(p.stderr, "utf8").trim().split("\n").slice(-3).join(" | ") : "";
       throw new Error(`qemu: VM ${name} failed to start${err ? `: ${err}` : ended ? "" : " within 10 s"}`);
     }
-    return { pid, exited };
+    if (!warm) return { pid, exited, launch: "cold" };
+    if (restore) {
+      await resumeRestored(p);
+      this.handOver(name, facts, p);
+      return { pid, exited, launch: "warm" };
+    }
+    // A warm VM without a snapshot boots; at its ready point it is saved for the next ones, then handed its identity.
+    void (async () => {
+      if (!(await waitForReady(p, readyMarker(facts.imageId), () => !ended, 300000))) return;
+      if (this.snapshotDir && !restoreUri(this.snapshotDir, facts)) await saveSnapshot(p, this.snapshotDir, facts).catch(() => undefined);
+      this.handOver(name, facts, p);
+    })();
+    return { pid, exited, launch: "cold" };
+  }
+
+  /** Hands a warm guest its name and MAC, in the background; a guest that never gets them shows it in its console and job timeout. */
+  private handOver(name: string, facts: ConfigFacts, p: VmPaths): void {
+    const begin = markersFor(facts.imageId).begin;
+    const taken = () => {
+      try {
+        return fs.readFileSync(p.console, "utf8").includes(begin);
+      } catch {
+        return false;
+      }
+    };
+    handIdentity(p, identityLine(name, facts.nics[0]?.mac), taken).catch(() => undefined);
   }
 
   async recover(name: string): Promise<RunningVm | undefined> {
     const pid = this.pid(name);
-    return pid === undefined ? undefined : { pid };
+    if (pid === undefined) return undefined;
+    return { pid };
   }
 
   async stop(name: string, graceMs: number): Promise<void> {
@@ -205,6 +242,6 @@ export const qemuDriver: Driver = {
   async open(opts: OpenOptions): Promise<DriverOps> {
     await requireAvailable("qemu", requirements);
     fs.mkdirSync(opts.stateDir, { recursive: true });
-    return new QemuOps(opts.stateDir, opts.resolveImage ?? defaultImageResolver());
+    return new QemuOps(opts.stateDir, opts.resolveImage ?? defaultImageResolver(), opts.snapshotDir);
   },
 };

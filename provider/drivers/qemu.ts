@@ -20,6 +20,8 @@ export interface VmPaths {
   qmp: string;
   pidfile: string;
   stderr: string;
+  /** The warm guest's control port (its ttyS1): the agent writes the guest's identity here. */
+  control: string;
 }
 
 export function vmPaths(dir: string): VmPaths {
@@ -29,7 +31,13 @@ export function vmPaths(dir: string): VmPaths {
     qmp: path.join(dir, "qmp.sock"),
     pidfile: path.join(dir, "qemu.pid"),
     stderr: path.join(dir, "qemu.stderr.log"),
+    control: path.join(dir, "control.sock"),
   };
+}
+
+/** A config that asks for warm launch: its guest waits for its identity on a second serial port (provider/image/busybox.ts warmInit). */
+export function isWarm(facts: ConfigFacts): boolean {
+  return facts.kernelArgs.split(" ").includes("vse.warm=1");
 }
 
 /**
@@ -382,7 +390,7 @@ function checkedPath(p: string, what: string): string {
  * (pidfile, QMP socket, serial console to a file).
  */
 export function qemuArgs(config: string, paths: VmPaths, resolveImage: ImageResolver): string[] {
-  for (const p of [paths.console, paths.qmp, paths.pidfile]) {
+  for (const p of [paths.console, paths.qmp, paths.pidfile, paths.control]) {
     // QEMU option values use ',' as a separator.
     if (p.includes(",")) throw new Error(`state path ${p} contains ',', which QEMU options cannot carry`);
   }
@@ -412,6 +420,8 @@ export function qemuArgs(config: string, paths: VmPaths, resolveImage: ImageReso
     `file,id=vse-console,path=${paths.console}`,
     "-serial",
     "chardev:vse-console",
+    // The warm guest's control port is ttyS1, after the console; a unix socket inside the agent's private state.
+    ...(isWarm(facts) ? ["-chardev", `socket,id=vse-control,path=${paths.control},server=on,wait=off`, "-serial", "chardev:vse-control"] : []),
   ];
 }
 

@@ -51,6 +51,39 @@ export function markersFor(imageId: string): JobMarkers {
   return { begin: `==vse-job:${tag}:begin==`, end: `==vse-job:${tag}:end` };
 }
 
+/** What a warm image's guest prints once it waits for its identity: the point a snapshot is taken. */
+export function readyMarker(imageId: string): string {
+  return `==vse-job:${imageId.slice(0, 12)}:ready==`;
+}
+
+/** The line the node agent writes to a warm guest's control port (ttyS1): its name and MAC ("-" without a NIC). */
+export function identityLine(name: string, mac: string | undefined): string {
+  return `vse-identity ${name} ${mac ?? "-"}\n`;
+}
+
+/**
+ * A warm guest's wait for its identity, also what a restored snapshot resumes
+ * from: the control port is opened before "ready" is printed, so no line is
+ * lost; the address comes from the MAC (VM index in its last two octets, as
+ * provider/drivers/network.ts makes them).
+ */
+function warmInit(markers: { ready: string }, bb: string): string[] {
+  return [
+    "# warm launch: wait for the identity the node agent hands over, also after a restore from a snapshot.",
+    "exec 3</dev/ttyS1",
+    `echo ${shQuote(markers.ready)}`,
+    'while read -r vse_tag vse_name vse_mac <&3; do [ "$vse_tag" = vse-identity ] && break; done',
+    "exec 3<&-",
+    `${bb} hostname "$vse_name"`,
+    'if [ -n "$vse_mac" ] && [ "$vse_mac" != - ]; then',
+    `  ${bb} ip link set eth0 address "$vse_mac"`,
+    `  set -- $(echo "$vse_mac" | ${bb} tr : ' ')`,
+    "  vse_n=$(( (0x$5 << 8 | 0x$6) + 1 ))",
+    '  vse_ip="10.77.$((vse_n >> 8)).$((vse_n & 255))/16"',
+    "fi",
+  ];
+}
+
 /**
  * Opt-in additions to an image. Without them the image, its init and its id
  * are exactly what they were before extras existed.
@@ -106,6 +139,7 @@ export function imageId(env: EnvironmentModel, kernel: KernelInfo = hostKernel()
     job: { command: env.job.command, env: env.job.env, afterJob: env.job.afterJob },
     kernel: fileDigest(kernel.path),
     busybox: fileDigest(BUSYBOX),
+    ...(env.warm ? { warm: true } : {}),
     // Only present when asked for, so existing images keep their ids.
     ...(extras ? { extras: extrasIdentity(extras, kernel) } : {}),
   };
@@ -169,11 +203,13 @@ export function shQuote(s: string): string {
 }
 
 /** Init lines for extras: load the modules, then bring up eth0 with the address the kernel command line gives. */
-function extrasInit(extras: ImageExtras, moduleFiles: string[], bb: string): string[] {
+function extrasInit(extras: ImageExtras, moduleFiles: string[], bb: string, warm: string[] = []): string[] {
   const lines = moduleFiles.map((f) => `${bb} insmod /lib/modules/${path.basename(f)}`);
+  lines.push(...warm);
   if (extras.network) {
     lines.push(
-      `vse_ip=$(${bb} sed -n 's/.*vse[.]ip=\\([^ ]*\\).*/\\1/p' /proc/cmdline)`,
+      // A warm guest has its address from its MAC already; a cold one reads it from the kernel command line.
+      `${warm.length ? '[ -n "$vse_ip" ] || ' : ""}vse_ip=$(${bb} sed -n 's/.*vse[.]ip=\\([^ ]*\\).*/\\1/p' /proc/cmdline)`,
       `${bb} ip link set lo up`,
       `if [ -n "$vse_ip" ]; then ${bb} ip link set eth0 up && ${bb} ip addr add "$vse_ip" dev eth0; fi`,
     );
@@ -206,7 +242,9 @@ export function initScript(env: EnvironmentModel, markers: JobMarkers, extras?: 
     `${bb} mount -t sysfs sys /sys`,
     `${bb} mount -t devtmpfs dev /dev 2>/dev/null`,
     ...(options.path === undefined ? [`${bb} --install -s /bin`, "export PATH=/bin:/sbin HOME=/root"] : [`export PATH=${options.path} HOME=/root`]),
-    ...(extras ? extrasInit(extras, moduleFiles, bb) : []),
+    ...(extras || env.warm
+      ? extrasInit(extras ?? {}, moduleFiles, bb, env.warm ? warmInit({ ready: markers.begin.replace(/:begin==$/, ":ready==") }, bb) : [])
+      : []),
     ...envExports,
     `set -- ${env.job.command.map(shQuote).join(" ")}`,
     `echo ${shQuote(markers.begin)}`,

@@ -50,6 +50,7 @@ export function debianImageId(env: EnvironmentModel, kernel: KernelInfo = hostKe
     job: { command: env.job.command, env: env.job.env, afterJob: env.job.afterJob },
     kernel: fileDigest(kernel.path),
     busybox: fileDigest(BUSYBOX),
+    ...(env.warm ? { warm: true } : {}),
   };
   return crypto.createHash("sha256").update(JSON.stringify(identity)).digest("hex");
 }

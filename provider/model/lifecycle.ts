@@ -44,6 +44,7 @@ export const LIFECYCLE: Record<string, FieldRule> = {
   "Environment.spec.debian.packages": { policy: "replace", vmInput: "imageId", why: "other packages, a new image (order and repetition do not count)" },
   "Environment.spec.debian.mirror": { policy: "replace", vmInput: "imageId", why: "packages from another archive, a new image" },
   "Environment.spec.kernelArgs": { policy: "restart", vmInput: "kernelArgs", why: "read by the kernel at boot" },
+  "Environment.spec.warm": { policy: "replace", vmInput: "imageId", why: "a warm image's init waits for its identity; the image changes" },
   "Environment.spec.job.command": { policy: "replace", vmInput: "imageId", why: "the job is baked into the image's init" },
   "Environment.spec.job.env": { policy: "replace", vmInput: "imageId", why: "baked into the image's init" },
   "Environment.spec.job.afterJob": { policy: "replace", vmInput: "imageId", why: "baked into the image's init" },

@@ -10,6 +10,8 @@ export interface EnvironmentModel {
   base: "busybox" | "debian";
   /** Only for base "debian" (absent otherwise, so busybox models and their ids are unchanged). */
   debian?: DebianModel;
+  /** Warm launch asked for (absent when not, so other models and their image ids are unchanged). */
+  warm?: true;
   kernelArgs: string[];
   job: {
     command: string[];
@@ -71,6 +73,7 @@ export function environmentModel(l: Located<import("./types.generated").Environm
           },
         }
       : {}),
+    ...(s.warm ? { warm: true as const } : {}),
     kernelArgs: [...(s.kernelArgs ?? [])],
     job: {
       command: [...s.job.command],
@@ -186,6 +189,18 @@ export function resolveClusters(input: Definitions, options: PolicyOptions = {})
   for (const l of defs.clusters.values()) {
     const c = clusterModel(l, defs, problems);
     if (c) clusters.push(c);
+  }
+  // Warm launch restores QEMU snapshots; no other hypervisor can hand a guest its identity after a restore.
+  for (const c of clusters) {
+    if (c.environment.warm && c.profile.hypervisor !== "qemu") {
+      const env = defs.environments.get(c.environment.name)!;
+      problems.push({
+        file: env.file,
+        ...env.at(["spec", "warm"]),
+        field: "spec.warm",
+        message: `warm launch needs hypervisor "qemu"; cluster "${c.name}" runs this environment on "${c.profile.hypervisor}" (VmProfile "${c.profile.name}")`,
+      });
+    }
   }
   // VM names must be unique across clusters: they are agent keys and URN names.
   const vmNames = new Map<string, string>();

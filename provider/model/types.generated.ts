@@ -41,6 +41,10 @@ export interface Environment {
       mirror?: string;
     };
     /**
+     * Warm launch: the guest boots once to the point where it waits for its identity, the node agent saves it to a snapshot in the host's store (per image, profile, kernel command line and QEMU version), and later VMs of this environment restore that snapshot and are handed their name and MAC instead of booting. Without a snapshot a VM boots cold (and makes one); each VM's output 'launch' says which. QEMU only; the guest's address then comes from its MAC, not from the kernel command line.
+     */
+    warm?: boolean;
+    /**
      * Extra kernel command-line parameters, appended after the provider's own (console, panic).
      *
      * @maxItems 32

@@ -90,13 +90,9 @@ async function main(): Promise<Record<string, unknown>> {
         }),
         { parent: cluster, dependsOn: [env, profile] },
       );
-      vmsOut[p.vm.name] = pulumi.all([vm.status, vm.jobOutput, vm.jobExitCode, vm.jobSeconds, vm.pid]).apply(([status, output, exitCode, seconds, pid]) => ({
-        status,
-        output,
-        exitCode,
-        seconds,
-        pid,
-      }));
+      vmsOut[p.vm.name] = pulumi
+        .all([vm.status, vm.jobOutput, vm.jobExitCode, vm.jobSeconds, vm.pid, vm.launch])
+        .apply(([status, output, exitCode, seconds, pid, launch]) => ({ status, output, exitCode, seconds, pid, launch }));
     }
   }
   return { vms: vmsOut };

@@ -3,7 +3,7 @@ import * as path from "path";
 import { buildImage, DEFAULT_IMAGE_CACHE, hostKernel, ImageExtras, imageRef, markersFor } from "../image/busybox";
 import { environmentImageId } from "../image";
 import { probeKvm } from "../drivers/qemu";
-import { CLUSTER_NETWORK_EXTRAS, clusterKey, clusterNetwork, nicsFor } from "../drivers/network";
+import { CLUSTER_NETWORK_EXTRAS, ClusterNetwork, clusterKey, clusterNetwork, nicsFor } from "../drivers/network";
 import { DefinitionError, DefinitionProblem } from "../model/errors";
 import { API_VERSION, Definitions, Located, loadDefinitions, loadObject } from "../model/load";
 import type { SitePolicy } from "../model/types.generated";
@@ -29,6 +29,24 @@ export interface ClusterPlan {
   /** What the cluster adds to its environment's image (the network driver and set-up), if anything. */
   extras?: ImageExtras;
   vms: VmPlan[];
+}
+
+/**
+ * How a cluster's VMs boot, the same for the YAML program and the library:
+ * the network and image extras the cluster adds, and each VM's kernel
+ * arguments. On a cluster network a cold guest learns its address from its
+ * kernel command line; a warm one gets no per-VM arguments (all VMs restore one
+ * snapshot) and derives its address from the MAC it is handed.
+ */
+export function clusterBoot(model: ClusterModel, key: string): { network?: ClusterNetwork; extras?: ImageExtras; kernelArgs: (vm: VmModel) => string[] } {
+  const network = model.network === "private" ? clusterNetwork(key) : undefined;
+  const extras = network ? CLUSTER_NETWORK_EXTRAS : undefined;
+  const own = model.environment.kernelArgs;
+  return {
+    network,
+    extras,
+    kernelArgs: (vm) => (model.environment.warm ? [...own, "vse.warm=1"] : network ? [...own, `vse.ip=${nicsFor(key, vm.index)[0].ipv4}/16`] : own),
+  };
 }
 
 /** Resolves accel 'auto' by a real probe boot under KVM (cached per host setup). */
@@ -83,17 +101,14 @@ export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT
   const plans: ClusterPlan[] = [];
   for (const model of clusters) {
     const key = clusterKey(options.project ?? "vse", options.stack ?? "local", model.name);
-    const network = model.network === "private" ? clusterNetwork(key) : undefined;
-    const extras = network ? CLUSTER_NETWORK_EXTRAS : undefined;
+    const { network, extras, kernelArgs: kernelArgsOf } = clusterBoot(model, key);
     const id = environmentImageId(model.environment, kernel, extras);
     const image = imageRef(id);
     const vms: VmPlan[] = [];
     for (const vm of model.vms) {
       if (!accels.has(vm.profile.accel)) accels.set(vm.profile.accel, await accelOf(vm.profile.accel, cacheDir));
       const accel = accels.get(vm.profile.accel)!;
-      // On a cluster network, the guest learns its address from its kernel command line.
-      const kernelArgs = network ? [...model.environment.kernelArgs, `vse.ip=${nicsFor(key, vm.index)[0].ipv4}/16`] : model.environment.kernelArgs;
-      const config = renderVmConfig({ cluster: model.name, clusterKey: key, vm, image, accel, kernelArgs, network });
+      const config = renderVmConfig({ cluster: model.name, clusterKey: key, vm, image, accel, kernelArgs: kernelArgsOf(vm), network });
       vms.push({ vm, accel, config, imageId: id, markers: markersFor(id) });
     }
     plans.push({ model, imageId: id, extras, vms });

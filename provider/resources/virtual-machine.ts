@@ -34,6 +34,8 @@ export interface VirtualMachineOutputs extends VirtualMachineInputs {
   /** Seconds from the request to the agent until the job's result appeared. */
   jobSeconds: number | null;
   message: string | null;
+  /** How the VM's current process came up: "warm" (restored from a pre-booted snapshot) or "cold" (booted). An output, never an input change. */
+  launch: "warm" | "cold" | null;
 }
 
 type Args = { [K in keyof VirtualMachineInputs]: pulumi.Input<VirtualMachineInputs[K]> };
@@ -85,6 +87,7 @@ function outputsFrom(inputs: VirtualMachineInputs, v: VmView | undefined, jobSec
     jobExitCode: v?.job.state === "done" ? (v.job.exitCode ?? null) : null,
     jobSeconds,
     message: v?.observed.message ?? null,
+    launch: v?.observed.launch ?? null,
   };
 }
 
@@ -199,6 +202,7 @@ async function migrate(olds: VirtualMachineOutputs, news: VirtualMachineInputs):
     ...outputsFrom(news, m.view, olds.jobSeconds),
     jobOutput: olds.jobOutput,
     jobExitCode: olds.jobExitCode,
+    launch: olds.launch,
     message: `migrated from host ${olds.host} in ${m.totalMs} ms (downtime ${m.downtimeMs} ms)`,
   };
 }
@@ -271,6 +275,7 @@ export class VirtualMachine extends pulumi.dynamic.Resource {
   declare readonly jobExitCode: pulumi.Output<number | null>;
   declare readonly jobSeconds: pulumi.Output<number | null>;
   declare readonly config: pulumi.Output<string>;
+  declare readonly launch: pulumi.Output<"warm" | "cold" | null>;
 
   constructor(name: string, args: Args, opts?: pulumi.CustomResourceOptions) {
     const outs = {
@@ -281,6 +286,7 @@ export class VirtualMachine extends pulumi.dynamic.Resource {
       jobExitCode: undefined,
       jobSeconds: undefined,
       message: undefined,
+      launch: undefined,
     };
     super(provider, name, { ...args, ...outs }, { ...opts, hideDiffs: ["__provider"], additionalSecretOutputs: ["token"] }, "vse", "VirtualMachine");
   }

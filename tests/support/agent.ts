@@ -8,7 +8,7 @@ import * as path from "path";
 import { AgentClient } from "../../provider/agent/client";
 import { newClusterToken, VmSpec, VmView } from "../../provider/agent/protocol";
 import { AgentLaunch, AgentRecord, startLocalAgent, stopLocalAgent } from "../../provider/allocation/local";
-import { clusterKey, clusterNetwork } from "../../provider/drivers/network";
+import { CLUSTER_NETWORK_EXTRAS, clusterKey, clusterNetwork, nicsFor } from "../../provider/drivers/network";
 import { buildImage, imageRef, markersFor } from "../../provider/image/busybox";
 import type { EnvironmentModel, VmModel } from "../../provider/model/resolve";
 import { renderVmConfig } from "../../provider/render/render";
@@ -72,7 +72,9 @@ export function vmSpec(
   opts: { env?: EnvironmentModel; memoryMiB?: number; vcpus?: number; hypervisor?: "qemu" | "libvirt"; network?: boolean; index?: number } = {},
 ): VmSpec {
   const env = opts.env ?? jobEnv();
-  const img = buildImage(env, c.cacheDir);
+  const img = buildImage(env, c.cacheDir, undefined, opts.network ? CLUSTER_NETWORK_EXTRAS : undefined);
+  // As the program's clusterBoot: a warm guest gets no per-VM arguments, a cold one on a network its address.
+  const kernelArgs = env.warm ? ["vse.warm=1"] : opts.network ? [`vse.ip=${nicsFor(c.key, opts.index ?? 0)[0].ipv4}/16`] : [];
   const hypervisor = opts.hypervisor ?? "qemu";
   const vm: VmModel = {
     name,
@@ -88,7 +90,7 @@ export function vmSpec(
       vm,
       image: imageRef(img.id),
       accel: "tcg",
-      kernelArgs: [],
+      kernelArgs,
       network: opts.network ? clusterNetwork(c.key) : undefined,
     }),
     markers: markersFor(img.id),
