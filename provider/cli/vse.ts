@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// The `vse` command: validate definitions, show what they render to, and plan a
-// change offline against a git ref (for a pull-request comment).
+// The `vse` command: validate definitions, show what they render to, plan a
+// change offline against a git ref (for a pull-request comment), and show what a
+// stack's clusters are doing now (status).
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -18,16 +19,23 @@ export interface CliIo {
   stdout: (text: string) => void;
   stderr: (text: string) => void;
   cwd: string;
+  /** Environment for the engine (PULUMI_BACKEND_URL, PULUMI_CONFIG_PASSPHRASE); default process.env. */
+  env?: NodeJS.ProcessEnv;
 }
 
 const USAGE = `usage:
   vse validate <paths…> [--format text|json] [site policy options]
   vse render <paths…> [--out <dir>] [--hypervisor <name>] [--cache-dir <dir>] [--accel-auto tcg|kvm] [--stack <name>] [site policy options]
   vse plan --base <git-ref> [<paths…>] [--format text|markdown|json] [--cache-dir <dir>] [--accel-auto tcg|kvm] [--stack <name>] [site policy options]
+  vse status [--stack <name>] [--format text|json] [--watch] [--cwd <project dir>]
+  vse warm <paths…> [--cache-dir <dir>] [--stack <name>]   make warm-launch snapshots ahead of time
 
   --accel-auto  what accel 'auto' resolves to, instead of a probe boot under KVM (offline use, CI)
   --hypervisor  render every profile for this hypervisor instead of its own (a what-if; policy still applies)
   --stack, --project  the Pulumi stack and project the clusters run in (default local, vse): names, MACs and networks derive from them
+  --watch       (status) redraw every second until interrupted
+  --cwd         (status) the Pulumi project directory (default: this clone); the backend and passphrase are
+                PULUMI_BACKEND_URL (default file://<clone>/.pulumi-state) and PULUMI_CONFIG_PASSPHRASE (default vse-local)
 
 site policy options (the policy the node agents enforce; default: <state dir>/site-policy.yaml if it exists, else none):
   --site-policy <file>   the site's SitePolicy file
@@ -49,13 +57,19 @@ const VALUE_OPTIONS = [
   "--site-policy",
   "--agent",
   "--state-dir",
+  "--cwd",
+  "--watch",
 ] as const;
+/** Options that take no value. */
+const FLAG_OPTIONS: readonly string[] = ["--watch"];
 type OptionName = (typeof VALUE_OPTIONS)[number];
 const POLICY_OPTIONS: OptionName[] = ["--site-policy", "--agent", "--state-dir"];
 const OPTIONS_OF: Record<string, OptionName[]> = {
   validate: ["--format", ...POLICY_OPTIONS],
   render: ["--out", "--hypervisor", "--cache-dir", "--accel-auto", "--stack", "--project", ...POLICY_OPTIONS],
   plan: ["--base", "--format", "--cache-dir", "--accel-auto", "--stack", "--project", ...POLICY_OPTIONS],
+  status: ["--stack", "--format", "--watch", "--cwd"],
+  warm: ["--cache-dir", "--accel-auto", "--stack", "--project", ...POLICY_OPTIONS],
 };
 
 /** The site policy the agents enforce, so that validate, render and plan report what the agents would refuse. */
@@ -85,6 +99,11 @@ function parseArgs(argv: string[]): { command?: string; positional: string[]; op
     else if (a.startsWith("--")) {
       const [name, inline] = a.includes("=") ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)] : [a, undefined];
       if (!(VALUE_OPTIONS as readonly string[]).includes(name)) throw new UsageError(`unknown option ${name}`);
+      if (FLAG_OPTIONS.includes(name)) {
+        if (inline !== undefined) throw new UsageError(`${name} takes no value`);
+        options.set(name as OptionName, "true");
+        continue;
+      }
       const v = inline ?? rest[++i];
       if (v === undefined) throw new UsageError(`${name} needs a value`);
       options.set(name as OptionName, v);
@@ -124,7 +143,7 @@ export async function main(argv: string[], io: Partial<CliIo> = {}): Promise<num
   const out = io.stdout ?? ((t: string) => void process.stdout.write(t));
   const err = io.stderr ?? ((t: string) => void process.stderr.write(t));
   const cwd = io.cwd ?? process.cwd();
-  const full: CliIo = { stdout: out, stderr: err, cwd };
+  const full: CliIo = { stdout: out, stderr: err, cwd, ...(io.env ? { env: io.env } : {}) };
   try {
     const args = parseArgs(argv);
     if (args.help || !args.command) {
@@ -142,6 +161,10 @@ export async function main(argv: string[], io: Partial<CliIo> = {}): Promise<num
         return await render(args.positional, args.options, full);
       case "plan":
         return await plan(args.positional, args.options, full);
+      case "status":
+        return await status(args.positional, args.options, full);
+      case "warm":
+        return await warm(args.positional, args.options, full);
       default:
         throw new UsageError(`unknown command "${args.command}"`);
     }
@@ -484,8 +507,30 @@ async function plan(positional: string[], options: Map<OptionName, string>, io: 
   }
 }
 
+async function status(positional: string[], options: Map<OptionName, string>, io: CliIo): Promise<number> {
+  if (positional.length) throw new UsageError(`status takes no paths, found "${positional[0]}"`);
+  const format = oneOf("--format", options.get("--format"), ["text", "json"] as const, "text");
+  const { engineEnv, PROJECT_ROOT } = require("./engine") as typeof import("./engine");
+  const { runStatus } = require("./status") as typeof import("./status");
+  const env = engineEnv({ backendUrl: io.env?.PULUMI_BACKEND_URL, passphrase: io.env?.PULUMI_CONFIG_PASSPHRASE });
+  const cwdOption = options.get("--cwd");
+  const workDir = cwdOption === undefined ? PROJECT_ROOT : path.resolve(io.cwd, cwdOption);
+  return runStatus({ stack: options.get("--stack") ?? "local", format, watch: options.has("--watch"), workDir, env }, io.stdout);
+}
+
 if (require.main === module) {
   main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
   });
+}
+
+async function warm(positional: string[], options: Map<OptionName, string>, io: CliIo): Promise<number> {
+  const { warmSnapshots } = require("./warm") as typeof import("./warm");
+  const paths = requirePaths(positional, io.cwd);
+  const cacheDir = path.resolve(io.cwd, options.get("--cache-dir") ?? DEFAULT_CACHE_DIR);
+  const results = await warmSnapshots(paths, cacheDir, await planOptions(options, io.cwd));
+  for (const r of results)
+    io.stdout(`${r.cluster}: snapshot ${r.key.slice(0, 12)} ${r.state === "made" ? `made in ${r.seconds.toFixed(1)} s` : "already in the store"}\n`);
+  if (!results.length) io.stdout("no cluster of a warm environment (Environment spec.warm) in these definitions\n");
+  return 0;
 }
