@@ -40,7 +40,8 @@ afterAll(async () => {
   if (t) await t.cleanup();
 });
 
-const violation = (vm: string) => `VM "${vm}" has 256 MiB of memory; site policy "small-vms" rule spec.limits.maxMemory at ${policyFile}:6:16 allows at most 128 MiB per VM`;
+const violation = (vm: string) =>
+  `VM "${vm}" has 256 MiB of memory; site policy "small-vms" rule spec.limits.maxMemory at ${policyFile}:6:5 allows at most 128 MiB per VM`;
 
 test("preview with the policy pack fails with its mandatory violation, for the cluster and each VM", async () => {
   const text = await failing((onOutput) => t.stack.preview({ policyPacks: [PACK], onOutput }));
