@@ -28,17 +28,8 @@ export const CLUSTER_TYPE = "pulumi-nodejs:dynamic/vse:VirtualCluster";
 /** Where the agents' state lives when neither the environment nor the config says (as provider/program/plan.ts). */
 const DEFAULT_STATE_DIR = path.join(os.homedir(), ".local", "state", "vse-provider");
 
-/** What a VirtualCluster's input vmFacts holds per VM. */
-export interface ClusterVmFacts {
-  vm: string;
-  host: number;
-  hypervisor: string;
-  memoryMiB: number;
-  vcpus: number;
-  base?: string;
-  mirror?: string;
-  kernelArgs: string[];
-}
+/** What a VirtualCluster's input vmFacts holds per VM: the policy's facts of it (the kernel release aside) and its host. */
+export type ClusterVmFacts = Omit<VmPolicyFacts, "kernelRelease"> & { host: number };
 
 export interface PackConfig {
   /** The site policy file; VSE_SITE_POLICY wins over it. */
