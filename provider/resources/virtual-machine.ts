@@ -1,6 +1,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { VmSpec, VmView } from "../agent/protocol";
-import { warn } from "./warn";
+import { info, warn } from "./engine-log";
 
 /** Inputs of one VM; every key has a policy in provider/model/lifecycle.ts (VM_INPUT_POLICY). */
 export interface VirtualMachineInputs {
@@ -60,6 +60,8 @@ const INPUT_KEYS: (keyof VirtualMachineInputs)[] = [
 ];
 
 const STOP_GRACE_SECONDS = 1;
+/** How often a VM still booting says so in the engine's output. */
+const PROGRESS_EVERY_MS = 10000;
 /** How the engine passes a value not known yet (e.g. an output of a resource being replaced) to a dynamic provider. */
 const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 
@@ -104,6 +106,7 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
     if (!restarted && previous) return outputsFrom(inputs, view, previous.jobSeconds);
 
     const deadline = t0 + inputs.jobTimeoutSeconds * 1000;
+    let nextProgress = t0 + PROGRESS_EVERY_MS;
     v = view;
     let doneAt: number | undefined;
     for (;;) {
@@ -123,6 +126,13 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
       }
       if (Date.now() > deadline)
         throw new Error(`VM ${inputs.vmName}: no job result within ${inputs.jobTimeoutSeconds} s (Environment spec.job.timeoutSeconds)`);
+      if (Date.now() >= nextProgress) {
+        nextProgress += PROGRESS_EVERY_MS;
+        const last = (v?.consoleTail ?? "").trim().split("\n").pop()?.slice(0, 100) ?? "";
+        await info(
+          `VM ${inputs.vmName}: ${v?.observed.state ?? "starting"} for ${Math.round((Date.now() - t0) / 1000)} s, waiting for its job's result${last ? ` (console: ${last})` : ""}`,
+        );
+      }
       await sleep(100);
       v = await client.getVm(inputs.vmName);
     }

@@ -11,7 +11,7 @@ jest.setTimeout(10 * 60 * 1000);
 let t: TestStack;
 
 beforeAll(async () => {
-  const slow = exampleDefinitions().replace("echo $((2+3))", "sleep 600").replace("timeoutSeconds: 120", "timeoutSeconds: 3");
+  const slow = exampleDefinitions().replace("echo $((2+3))", "sleep 600").replace("timeoutSeconds: 120", "timeoutSeconds: 13");
   t = await createTestStack({ "cluster.yaml": slow });
 });
 
@@ -19,14 +19,17 @@ afterAll(async () => {
   if (t) await t.cleanup();
 });
 
-test("a job with no result in time fails the create and leaves no orphan", async () => {
+test("a job with no result in time says it is waiting, fails the create and leaves no orphan", async () => {
   let message = "";
+  const diagnostics: string[] = [];
   try {
-    await t.stack.up();
+    await t.stack.up({ onEvent: (e) => e.diagnosticEvent && diagnostics.push(e.diagnosticEvent.message) });
   } catch (err) {
     message = String((err as Error).message);
   }
-  expect(message).toContain("local-cluster-0: no job result within 3 s (Environment spec.job.timeoutSeconds)");
+  expect(message).toContain("local-cluster-0: no job result within 13 s (Environment spec.job.timeoutSeconds)");
+  // While it waited, the engine's output said so, once every 10 s.
+  expect(diagnostics.join("\n")).toMatch(/VM local-cluster-0: running for 10 s, waiting for its job's result/);
   for (const vm of ["local-cluster-0", "local-cluster-1"]) expect(qemuProcessesFor(t.stateRoot, vm)).toEqual([]);
   // The agents are up (the cluster was created) but hold no VM.
   const cluster = (await t.stack.exportStack()).deployment.resources.find((r: { type: string }) => r.type === "pulumi-nodejs:dynamic/vse:VirtualCluster");

@@ -8,9 +8,23 @@ import * as pulumi from "@pulumi/pulumi";
  * the SDK, so it is set here before logging.
  */
 export async function warn(message: string): Promise<void> {
+  connectEngine();
+  await pulumi.log.warn(message);
+}
+
+/**
+ * Progress of a long step in the engine's output. The Node dynamic-provider
+ * host does not pass a resource's URN to create/update, so the line cannot sit
+ * on the resource's own row; it names the VM instead.
+ */
+export async function info(message: string): Promise<void> {
+  connectEngine();
+  await pulumi.log.info(message);
+}
+
+function connectEngine(): void {
   const { getStore } = require("@pulumi/pulumi/runtime/state") as { getStore: () => { settings: { options: { engineAddr?: string } } } };
   const options = getStore().settings.options;
   const addr = process.argv[2];
   if (!options.engineAddr && addr && /^[\w.-]+:\d+$/.test(addr)) options.engineAddr = addr;
-  await pulumi.log.warn(message);
 }
