@@ -193,7 +193,7 @@ export class Agent {
     if (this.retry) clearTimeout(this.retry);
   }
 
-  private snapshot(): string {
+  private serialize(): string {
     const data: PersistedState = { vms: [...this.vms.values()].map(({ name, spec, observed }) => ({ name, spec, observed })) };
     return JSON.stringify(data, null, 2);
   }
@@ -204,7 +204,7 @@ export class Agent {
    */
   private persist(): void {
     try {
-      writeFileAtomic(this.stateFile, this.snapshot());
+      writeFileAtomic(this.stateFile, this.serialize());
       if (this.persistError) this.log(`state written again after: ${this.persistError}`);
       this.persistError = undefined;
     } catch (err) {
