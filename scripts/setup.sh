@@ -46,6 +46,10 @@ command -v xmllint >/dev/null || need_debs+=(libxml2-utils)
 # Debian VSE images (Environment base: debian) and listing initramfs archives in tests.
 command -v mmdebstrap >/dev/null || need_debs+=(mmdebstrap)
 command -v cpio >/dev/null || need_debs+=(cpio)
+# Namespace hosts (ip netns, veth, bridge, tc) and the per-cluster CA of agents beyond one machine.
+command -v ip >/dev/null || need_debs+=(iproute2)
+command -v tc >/dev/null || need_debs+=(iproute2)
+command -v openssl >/dev/null || need_debs+=(openssl)
 if [ "${#need_debs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing Debian packages: ${need_debs[*]}; run: sudo apt-get install -y ${need_debs[*]}"

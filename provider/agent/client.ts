@@ -1,6 +1,8 @@
+import * as crypto from "crypto";
 import * as fs from "fs";
 import * as http from "http";
 import * as path from "path";
+import * as tls from "tls";
 import type { SitePolicy } from "../model/types.generated";
 import type { VmSpec, VmView } from "./protocol";
 
@@ -37,65 +39,175 @@ export function verifyAgentSocket(socket: string): void {
   if (!sock.isSocket() || !owned(sock)) throw new AgentError(0, `agent unix:${socket}: refusing to send the token, it is not a socket of this user`);
 }
 
-/** A small client for one node agent's API (unix:<socket path>); every /v1 call carries the bearer token, sent only after the socket was verified. */
+/**
+ * Where an agent serves: `unix:/abs/path` (a local agent's socket) or
+ * `https://<ipv4>:<port>` (an agent on another host, issue 9; TLS with the
+ * cluster's CA pinned). Nothing else: no host names, no wildcard address.
+ */
+export type AgentEndpoint = { kind: "unix"; socket: string } | { kind: "https"; address: string; port: number };
+
+export function parseAgentUrl(url: string): AgentEndpoint {
+  const u = /^unix:(\/.+)$/.exec(url);
+  if (u) return { kind: "unix", socket: u[1] };
+  const h = /^https:\/\/((?:0|[1-9][0-9]{0,2})(?:\.(?:0|[1-9][0-9]{0,2})){3}):([1-9][0-9]{0,4})$/.exec(url);
+  if (h && h[1].split(".").every((o) => Number(o) <= 255) && Number(h[2]) <= 65535 && !h[1].startsWith("0.")) {
+    return { kind: "https", address: h[1], port: Number(h[2]) };
+  }
+  throw new AgentError(0, `agent ${url}: expected unix:<absolute socket path> or https://<IPv4 address>:<port>`);
+}
+
+export interface AgentClientOptions {
+  /** The cluster's CA certificate (PEM, exactly one CA certificate); required for https:// agents, the only root they are checked against. */
+  ca?: string | Buffer;
+}
+
+/**
+ * Connects to an https:// agent and resolves only once its certificate chains
+ * to the pinned CA and names exactly this address (IP SAN); nothing is written
+ * on the connection before that, so a token never reaches another server.
+ */
+export function connectPinned(address: string, port: number, ca: string | Buffer, caFingerprint: string, timeoutMs: number): Promise<tls.TLSSocket> {
+  const url = `https://${address}:${port}`;
+  return new Promise((resolve, reject) => {
+    const sock = tls.connect({
+      host: address,
+      port,
+      ca,
+      minVersion: "TLSv1.3",
+      rejectUnauthorized: true,
+      checkServerIdentity: (_host, cert) => {
+        const wrongName = tls.checkServerIdentity(address, cert);
+        if (wrongName) return wrongName;
+        // The chain ends at the pinned CA itself, not merely at some CA of the same name.
+        let top = cert as tls.DetailedPeerCertificate;
+        for (let i = 0; i < 8 && top.issuerCertificate && top.issuerCertificate !== top; i++) top = top.issuerCertificate;
+        if (top.fingerprint256 !== caFingerprint) return new Error(`the certificate does not chain to the cluster's CA (${caFingerprint})`);
+        return undefined;
+      },
+    });
+    const timer = setTimeout(() => sock.destroy(new Error(`no TLS handshake within ${timeoutMs} ms`)), timeoutMs);
+    sock.once("secureConnect", () => {
+      clearTimeout(timer);
+      if (!sock.authorized) {
+        sock.destroy();
+        reject(new AgentError(0, `agent ${url}: refusing to send the token, its certificate is not trusted: ${String(sock.authorizationError)}`));
+        return;
+      }
+      sock.removeAllListeners("error");
+      resolve(sock);
+    });
+    sock.once("error", (err) => {
+      clearTimeout(timer);
+      reject(new AgentError(0, `agent ${url}: refusing to send the token, TLS with the cluster's CA failed: ${err.message}`));
+    });
+  });
+}
+
+/**
+ * A small client for one node agent's API (unix:<socket path>, or
+ * https://<ipv4>:<port> with the cluster's CA); every /v1 call carries the
+ * bearer token, sent only after the socket (or the TLS peer) was verified.
+ */
 export class AgentClient {
-  private readonly socket: string;
+  private readonly endpoint: AgentEndpoint;
+  private readonly ca?: { pem: string | Buffer; fingerprint256: string };
 
   constructor(
     readonly url: string,
     private readonly token: string,
+    opts: AgentClientOptions = {},
   ) {
-    const m = /^unix:(\/.+)$/.exec(url);
-    if (!m) throw new AgentError(0, `agent ${url}: expected unix:<absolute socket path>`);
-    this.socket = m[1];
+    this.endpoint = parseAgentUrl(url);
+    if (this.endpoint.kind === "https") {
+      if (opts.ca === undefined) throw new AgentError(0, `agent ${url}: an https agent needs the cluster's CA certificate (ca option)`);
+      let x: crypto.X509Certificate;
+      try {
+        x = new crypto.X509Certificate(opts.ca);
+      } catch (err) {
+        throw new AgentError(0, `agent ${url}: ca: expected a PEM certificate (${(err as Error).message})`);
+      }
+      const count = String(opts.ca).split("-----BEGIN CERTIFICATE-----").length - 1;
+      if (!x.ca || count !== 1) throw new AgentError(0, `agent ${url}: ca: expected exactly one CA certificate, the cluster's`);
+      this.ca = { pem: opts.ca, fingerprint256: x.fingerprint256 };
+    }
   }
 
   request<T>(method: string, pathname: string, body?: unknown, timeoutMs = 120000): Promise<T> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
+      const endpoint = this.endpoint;
+      if (endpoint.kind === "https") {
+        connectPinned(endpoint.address, endpoint.port, this.ca!.pem, this.ca!.fingerprint256, Math.min(timeoutMs, 10000)).then(
+          (sock) =>
+            this.send(
+              method,
+              pathname,
+              payload,
+              timeoutMs,
+              { createConnection: () => sock, headers: { Host: `${endpoint.address}:${endpoint.port}` } },
+              resolve,
+              reject,
+            ),
+          reject,
+        );
+        return;
+      }
       try {
-        verifyAgentSocket(this.socket);
+        verifyAgentSocket(endpoint.socket);
       } catch (err) {
         reject(err);
         return;
       }
-      const req = http.request(
-        {
-          socketPath: this.socket,
-          path: pathname,
-          method,
-          timeout: timeoutMs,
-          headers: {
-            ...(pathname.startsWith("/v1/") && pathname !== "/v1/policy" ? { Authorization: `Bearer ${this.token}` } : {}),
-            ...(payload ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(payload) } : {}),
-          },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => {
-            const text = Buffer.concat(chunks).toString("utf8");
-            let json: unknown;
-            try {
-              json = JSON.parse(text);
-            } catch {
-              json = { error: text };
-            }
-            if ((res.statusCode ?? 500) >= 400) {
-              reject(
-                new AgentError(res.statusCode ?? 500, `agent ${this.url}: ${method} ${pathname}: ${(json as { error?: string }).error ?? res.statusMessage}`),
-              );
-            } else {
-              resolve(json as T);
-            }
-          });
-        },
-      );
-      req.on("timeout", () => req.destroy(new Error(`agent ${this.url}: ${method} ${pathname}: no answer within ${timeoutMs} ms`)));
-      req.on("error", (err) => reject(new AgentError(0, `agent ${this.url} is unreachable: ${err.message}`)));
-      if (payload) req.write(payload);
-      req.end();
+      this.send(method, pathname, payload, timeoutMs, { socketPath: endpoint.socket, headers: {} }, resolve, reject);
     });
+  }
+
+  private send<T>(
+    method: string,
+    pathname: string,
+    payload: string | undefined,
+    timeoutMs: number,
+    conn: Pick<http.RequestOptions, "socketPath" | "createConnection"> & { headers: http.OutgoingHttpHeaders },
+    resolve: (v: T) => void,
+    reject: (e: unknown) => void,
+  ): void {
+    const req = http.request(
+      {
+        ...(conn.socketPath ? { socketPath: conn.socketPath } : { createConnection: conn.createConnection }),
+        path: pathname,
+        method,
+        timeout: timeoutMs,
+        headers: {
+          ...conn.headers,
+          ...(pathname.startsWith("/v1/") && pathname !== "/v1/policy" ? { Authorization: `Bearer ${this.token}` } : {}),
+          ...(payload ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(payload) } : {}),
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let json: unknown;
+          try {
+            json = JSON.parse(text);
+          } catch {
+            json = { error: text };
+          }
+          if ((res.statusCode ?? 500) >= 400) {
+            reject(
+              new AgentError(res.statusCode ?? 500, `agent ${this.url}: ${method} ${pathname}: ${(json as { error?: string }).error ?? res.statusMessage}`),
+            );
+          } else {
+            resolve(json as T);
+          }
+        });
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error(`agent ${this.url}: ${method} ${pathname}: no answer within ${timeoutMs} ms`)));
+    req.on("error", (err) => reject(new AgentError(0, `agent ${this.url} is unreachable: ${err.message}`)));
+    if (payload) req.write(payload);
+    req.end();
   }
 
   health(): Promise<{ ok: boolean; pid: number; clusterKey: string; persistError?: string }> {

@@ -1,6 +1,10 @@
 // The node agent daemon:
 //   node dist/provider/agent/main.js --state-dir DIR --token-file FILE --cluster-key KEY --image-store DIR [--policy FILE]
 //     [--standin-guests]   benchmark only: run QEMU VMs as stand-in processes (provider/drivers/standin.ts), boot nothing
+//     [--listen ADDR:PORT --tls-cert FILE --tls-key FILE]
+//                          also serve the same API over HTTPS (TLS 1.3) on that IPv4 address only (never
+//                          0.0.0.0), with the host's certificate from the cluster's CA (allocation/tls.ts);
+//                          agent.json then names it as tlsUrl (https://ADDR:PORT)
 // Serves on the unix socket DIR/agent.sock (DIR is made 0700), holds an
 // exclusive lock on DIR while it lives, and writes DIR/agent.json atomically
 // once it serves. The site policy is the file given (re-read when it changes)
@@ -11,7 +15,7 @@ import * as path from "path";
 import { Agent } from "./agent";
 import { lockStateDir } from "./lock";
 import { ImageStore } from "./image-store";
-import { createServer } from "./server";
+import { createServer, createTlsServer } from "./server";
 import { readJson, writeFileAtomic } from "./state";
 import { TOKEN_PATTERN } from "./protocol";
 import { loadSitePolicy } from "../model/site-policy";
@@ -22,6 +26,30 @@ import type { SitePolicy } from "../model/types.generated";
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+/** --listen ADDR:PORT with its certificate and key, all three or none; the key must be private to its owner. */
+function tlsListen(): { address: string; port: number; cert: Buffer; key: Buffer } | undefined {
+  const listen = arg("listen");
+  const certFile = arg("tls-cert");
+  const keyFile = arg("tls-key");
+  if (listen === undefined && certFile === undefined && keyFile === undefined) return undefined;
+  if (!listen || !certFile || !keyFile) fail("--listen, --tls-cert and --tls-key go together: an agent serves beyond this machine only over TLS");
+  const m = /^([0-9.]{7,15}):([1-9][0-9]{0,4})$/.exec(listen);
+  if (!m || Number(m[2]) > 65535) fail(`--listen: expected <IPv4 address>:<port 1-65535>, found ${JSON.stringify(listen)}`);
+  const { checkListenAddress } = require("../allocation/tls") as typeof import("../allocation/tls");
+  try {
+    checkListenAddress(m[1]);
+  } catch (err) {
+    fail(`--listen: ${(err as Error).message}`);
+  }
+  try {
+    const st = fs.statSync(keyFile);
+    if ((st.mode & 0o077) !== 0) fail(`--tls-key ${keyFile}: expected a private file (mode 0600), found mode ${(st.mode & 0o777).toString(8)}`);
+    return { address: m[1], port: Number(m[2]), cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile) };
+  } catch (err) {
+    fail(`--tls-cert/--tls-key: ${(err as Error).message}`);
+  }
 }
 
 function fail(msg: string, code = 2): never {
@@ -60,6 +88,7 @@ async function main(): Promise<void> {
   const policyFile = arg("policy");
   if (!stateDir || !tokenFile || !clusterKey || !imageStore)
     fail("usage: agent --state-dir DIR --token-file FILE --cluster-key KEY --image-store DIR [--policy FILE]");
+  const tlsOpts = tlsListen();
   if (!/^[0-9a-f]{10}$/.test(clusterKey)) fail(`--cluster-key: expected 10 hex digits, found ${JSON.stringify(clusterKey)}`);
   const token = fs.readFileSync(tokenFile, "utf8").trim();
   const t = TOKEN_PATTERN.exec(token);
@@ -87,7 +116,7 @@ async function main(): Promise<void> {
   await agent.load();
   const socket = path.join(stateDir, "agent.sock");
   const infoFile = path.join(stateDir, "agent.json");
-  const server = createServer(agent, {
+  const serverOptions = {
     token,
     clusterKey,
     policy,
@@ -97,13 +126,21 @@ async function main(): Promise<void> {
       fs.rmSync(socket, { force: true });
       process.exit(0);
     },
-  });
+  };
+  const server = createServer(agent, serverOptions);
+  const tlsServer = tlsOpts ? createTlsServer(agent, serverOptions, tlsOpts) : undefined;
+  const tlsUrl = tlsOpts ? `https://${tlsOpts.address}:${tlsOpts.port}` : undefined;
+  tlsServer?.on("error", (err) => fail(`--listen ${tlsOpts!.address}:${tlsOpts!.port}: ${err.message}`, 1));
   // We hold the lock: a socket file left here is a dead agent's.
   fs.rmSync(socket, { force: true });
   server.listen(socket, () => {
     fs.chmodSync(socket, 0o600);
-    writeFileAtomic(infoFile, JSON.stringify({ pid: process.pid, url: `unix:${socket}`, clusterKey }));
-    log(`agent serving on ${socket} (cluster ${clusterKey}), policy ${policy().source}, images from ${imageStore}`);
+    const ready = () => {
+      writeFileAtomic(infoFile, JSON.stringify({ pid: process.pid, url: `unix:${socket}`, clusterKey, ...(tlsUrl ? { tlsUrl } : {}) }));
+      log(`agent serving on ${socket}${tlsUrl ? ` and ${tlsUrl}` : ""} (cluster ${clusterKey}), policy ${policy().source}, images from ${imageStore}`);
+    };
+    if (tlsServer) tlsServer.listen(tlsOpts!.port, tlsOpts!.address, ready);
+    else ready();
   });
   // SIGTERM ends the agent but not its VMs: a restarted agent re-attaches to them.
   for (const sig of ["SIGTERM", "SIGINT"] as const) {
@@ -111,6 +148,7 @@ async function main(): Promise<void> {
       log(`${sig}: exiting, VMs keep running`);
       agent.close();
       server.close();
+      tlsServer?.close();
       lock.close();
       process.exit(0);
     });

@@ -1,5 +1,6 @@
 import * as crypto from "crypto";
 import * as http from "http";
+import * as https from "https";
 import type { SitePolicy } from "../model/types.generated";
 import { Agent } from "./agent";
 import { AgentRefusal, checkVmSpec, controlCharacter, TOKEN_PATTERN, VM_NAME_PATTERN, VmSpec } from "./protocol";
@@ -75,6 +76,48 @@ function allow(req: http.IncomingMessage, method: string, pathname: string): voi
 
 /** The agent's HTTP API (see protocol.ts); one bad request never affects another. */
 export function createServer(agent: Agent, o: ServerOptions): http.Server {
+  return limit(http.createServer(HTTP_OPTIONS, requestListener(agent, o)));
+}
+
+/** What a TLS listener is given: the host's certificate (PEM, chain allowed) and its key. */
+export interface TlsCredentials {
+  cert: string | Buffer;
+  key: string | Buffer;
+}
+
+/** TLS handshakes must finish within this, or the connection is closed. */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 5000;
+
+/**
+ * The same API over HTTPS, for agents that serve beyond this machine (issue 9):
+ * the host's certificate from the cluster's CA, TLS 1.3 only, the same limits.
+ * Clients pin the cluster's CA and the host's address before they send the token.
+ */
+export function createTlsServer(agent: Agent, o: ServerOptions, creds: TlsCredentials): https.Server {
+  return limit(
+    https.createServer(
+      { ...HTTP_OPTIONS, cert: creds.cert, key: creds.key, minVersion: "TLSv1.3", handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
+      requestListener(agent, o),
+    ),
+  );
+}
+
+const HTTP_OPTIONS: http.ServerOptions = {
+  headersTimeout: SERVER_LIMITS.headersTimeoutMs,
+  requestTimeout: SERVER_LIMITS.requestTimeoutMs,
+  keepAliveTimeout: SERVER_LIMITS.keepAliveTimeoutMs,
+  // Check the timeouts above every second, not every 30 s (Node's default).
+  connectionsCheckingInterval: 1000,
+  maxHeaderSize: 16 * 1024,
+};
+
+function limit<S extends http.Server>(server: S): S {
+  server.maxConnections = SERVER_LIMITS.maxConnections;
+  server.setTimeout(SERVER_LIMITS.idleTimeoutMs);
+  return server;
+}
+
+function requestListener(agent: Agent, o: ServerOptions): http.RequestListener {
   const handle = async (req: http.IncomingMessage): Promise<[number, unknown]> => {
     const raw = req.url ?? "/";
     if (raw.length > 512 || controlCharacter(decodeURIComponentSafe(raw))) throw new AgentRefusal(400, "url: expected at most 512 printable characters");
@@ -138,31 +181,18 @@ export function createServer(agent: Agent, o: ServerOptions): http.Server {
     }
   };
 
-  const server = http.createServer(
-    {
-      headersTimeout: SERVER_LIMITS.headersTimeoutMs,
-      requestTimeout: SERVER_LIMITS.requestTimeoutMs,
-      keepAliveTimeout: SERVER_LIMITS.keepAliveTimeoutMs,
-      // Check the timeouts above every second, not every 30 s (Node's default).
-      connectionsCheckingInterval: 1000,
-      maxHeaderSize: 16 * 1024,
-    },
-    (req, res) => {
-      handle(req).then(
-        ([status, body]) => send(res, status, body),
-        (err: unknown) => {
-          const status = err instanceof AgentRefusal ? err.status : 500;
-          const headers: http.OutgoingHttpHeaders = status === 401 ? { "WWW-Authenticate": 'Bearer realm="vse-agent"' } : {};
-          // A body not read to its end would stall the connection; close it after the answer instead.
-          if (!req.complete) headers.Connection = "close";
-          send(res, status, { error: (err as Error).message }, headers);
-        },
-      );
-    },
-  );
-  server.maxConnections = SERVER_LIMITS.maxConnections;
-  server.setTimeout(SERVER_LIMITS.idleTimeoutMs);
-  return server;
+  return (req, res) => {
+    handle(req).then(
+      ([status, body]) => send(res, status, body),
+      (err: unknown) => {
+        const status = err instanceof AgentRefusal ? err.status : 500;
+        const headers: http.OutgoingHttpHeaders = status === 401 ? { "WWW-Authenticate": 'Bearer realm="vse-agent"' } : {};
+        // A body not read to its end would stall the connection; close it after the answer instead.
+        if (!req.complete) headers.Connection = "close";
+        send(res, status, { error: (err as Error).message }, headers);
+      },
+    );
+  };
 }
 
 function decodeURIComponentSafe(s: string): string {
