@@ -27,6 +27,8 @@ export interface AgentOptions {
 interface Entry {
   name: string;
   spec: VmSpec;
+  /** What the admitted config asks for (memory for the per-agent cap), parsed once. */
+  facts?: ConfigFacts;
   observed: VmObserved;
   /** The process as started or re-attached by this agent process. */
   run?: RunningVm;
@@ -335,7 +337,8 @@ export class Agent {
     const others = [...this.vms.values()].filter((e) => e.name !== name && (e.observed.state === "running" || e.observed.state === "starting"));
     const memoryOf = (e: Entry) => {
       try {
-        return this.facts(e.name, e.spec).memoryMiB;
+        e.facts ??= this.facts(e.name, e.spec);
+        return e.facts.memoryMiB;
       } catch {
         return 0;
       }
@@ -443,6 +446,7 @@ export class Agent {
         await this.stop(e);
       }
       e.spec = spec;
+      e.facts = facts;
       try {
         await this.start(e);
       } catch (err) {
@@ -521,6 +525,13 @@ export class Agent {
   /** Stops the VM and removes every trace of it; every step runs even when an earlier one failed, and the errors are reported together. */
   private async remove(e: Entry): Promise<void> {
     const errors: string[] = [];
+    // Never started here (e.g. its hypervisor could not be opened): there is nothing to destroy, only the record.
+    if (e.observed.starts === 0 && !e.run) {
+      this.vms.delete(e.name);
+      fs.rmSync(path.join(this.vmsDir, e.name), { recursive: true, force: true });
+      this.persist();
+      return;
+    }
     try {
       const ops = await this.driver(e.spec.hypervisor);
       e.stopping = true;

@@ -57,6 +57,8 @@ export async function startLocalAgent(stateDir: string, launch: AgentLaunch, hos
   const logFd = fs.openSync(path.join(stateDir, "agent.log"), "a");
   const args = [AGENT_MAIN, "--state-dir", stateDir, "--token-file", tokenFile, "--cluster-key", launch.clusterKey, "--image-store", launch.imageStore];
   if (launch.policyFile) args.push("--policy", launch.policyFile);
+  // Set only by `npm run bench` (control plane): agents run stand-in processes instead of QEMU (drivers/standin.ts).
+  if (process.env.VSE_BENCH_STANDIN_GUESTS === "1") args.push("--standin-guests");
   let child;
   try {
     child = execa(process.execPath, args, {

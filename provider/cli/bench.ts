@@ -1,9 +1,15 @@
-// `npm run bench`: measures, in one run,
-//  1. a bare qemu-system-x86_64 boot of the tiny VSE to its job-result marker;
-//  2. `pulumi up` (Automation API, real engine) of a 1-VM cluster from start to job output;
-//  3. validate + render throughput of the model (when provider/bench/model-throughput exists);
-// and writes the medians, the machine and the command to bench/results/latest.{json,md}
-// and the README's benchmark section.
+// `npm run bench [-- --only boot,warm,model,control-plane]`: measures, in one run,
+//  boot:  a bare qemu-system-x86_64 boot of the tiny VSE to its job-result marker; side by side and
+//         interleaved, `pulumi up` (Automation API, real engine) of the engine's floor (an empty Node
+//         program, and one with one trivial dynamic resource: provider/bench/floor/) and of a 1-VM cluster
+//         from start to job output, each broken down by the engine's own events (provider/bench/engine-timeline.ts),
+//         and the 1-VM up once more with PULUMI_SKIP_CHECKPOINTS=true to price the checkpoint writes;
+//  warm:  warm launch: `pulumi up` adding one VM of a warm environment to a running cluster (it restores
+//         the snapshot the first VM left), to its job's output, beside bare cold boots in the same run;
+//  model: validate + render throughput of the model (provider/bench/model-throughput.ts);
+//  control-plane: 1,000 stand-in VMs with the real engine (provider/bench/control-plane.ts);
+// and writes the medians, the machine and the command to bench/results/latest.{json,md} and the
+// README's benchmark section. With --only, the other sections are kept from the previous results (each carries its date).
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -13,6 +19,9 @@ import { buildImage, imageRef, imageResolver, markersFor } from "../image/busybo
 import type { EnvironmentModel, VmModel } from "../model/resolve";
 import { renderVmConfig } from "../render/render";
 import { engineEnv, openStack, PROJECT_ROOT } from "./engine";
+import { breakdown, Breakdown, timed } from "../bench/engine-timeline";
+import { CONTROL_PLANE_TARGETS, controlPlane, controlPlaneFloor, ControlPlaneResult, FloorResult } from "../bench/control-plane";
+import { modelThroughput } from "../bench/model-throughput";
 import { DEFAULT_CACHE_DIR, resolveAccel } from "../program/plan";
 
 const execa = require("execa") as typeof import("execa");
@@ -79,24 +88,34 @@ async function bareBoot(tmp: string, accel: "tcg" | "kvm"): Promise<number> {
   }
 }
 
-/** One fresh stack: seconds of `pulumi up` until it returns with the job output, then destroy. */
-async function pulumiUp(tmp: string): Promise<{ up: number; jobSeconds: number }> {
+/** One fresh stack of project workDir: `pulumi up` timed with its events, then destroyed. */
+async function timedUp(
+  tmp: string,
+  opts: { workDir?: string; definitions?: string; extraEnv?: Record<string, string> } = {},
+): Promise<{ wall: number; engine: number; breakdown: Breakdown; jobSeconds?: number }> {
   const dir = fs.mkdtempSync(path.join(tmp, "up-"));
-  fs.writeFileSync(path.join(dir, "bench.yaml"), ENV_YAML);
   const name = `bench-${path.basename(dir).slice(3)}`.toLowerCase().replace(/[^a-z0-9-]/g, "");
-  const stack = await openStack(name, engineEnv({ backendUrl: `file://${path.join(dir, "backend")}`, passphrase: "bench" }));
+  const workDir = opts.workDir ?? PROJECT_ROOT;
+  const env = { ...engineEnv({ backendUrl: `file://${path.join(dir, "backend")}`, passphrase: "bench" }), ...opts.extraEnv };
+  const stack = await openStack(name, env, workDir);
   try {
-    await stack.setAllConfig({ "vse:definitions": { value: dir }, "vse:stateDir": { value: path.join(dir, "state") } });
-    const t0 = process.hrtime.bigint();
-    const res = await stack.up();
-    const up = Number(process.hrtime.bigint() - t0) / 1e9;
-    const vm = (res.outputs.vms.value as Record<string, { output: string; seconds: number }>)["bench-0"];
-    if (vm.output !== "5\n") throw new Error(`unexpected job output ${JSON.stringify(vm.output)}`);
-    return { up, jobSeconds: vm.seconds };
+    if (opts.definitions) {
+      fs.writeFileSync(path.join(dir, "bench.yaml"), opts.definitions);
+      await stack.setAllConfig({ "vse:definitions": { value: dir }, "vse:stateDir": { value: path.join(dir, "state") } });
+    }
+    const { result, timeline } = await timed(stack, (onEvent) => stack.up({ onEvent }));
+    const b = breakdown(timeline);
+    let jobSeconds: number | undefined;
+    if (opts.definitions) {
+      const vm = (result.outputs.vms.value as Record<string, { output: string; seconds: number }>)["bench-0"];
+      if (vm.output !== "5\n") throw new Error(`unexpected job output ${JSON.stringify(vm.output)}`);
+      jobSeconds = vm.seconds;
+    }
+    return { wall: timeline.wall, engine: b.engineProcess, breakdown: b, jobSeconds };
   } finally {
     await stack.destroy();
     await stack.workspace.removeStack(name);
-    fs.rmSync(path.join(PROJECT_ROOT, `Pulumi.${name}.yaml`), { force: true });
+    fs.rmSync(path.join(workDir, `Pulumi.${name}.yaml`), { force: true });
   }
 }
 
@@ -109,58 +128,338 @@ function machine(): Record<string, string | number> {
     kernel: os.release(),
     node: process.version,
     qemu: execa.sync(QEMU_BINARY, ["--version"]).stdout.split("\n")[0],
+    loadAverageAtStart: os.loadavg()[0].toFixed(2),
   };
 }
 
-async function main(): Promise<void> {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vse-bench-"));
-  try {
-    const accel = await resolveAccel("auto", DEFAULT_CACHE_DIR);
-    buildImage(ENV, DEFAULT_CACHE_DIR); // warm the cache: both paths then boot the same cached image
-    const bare: number[] = [];
-    for (let i = 0; i < RUNS_BARE; i++) {
+const SECTIONS = ["boot", "warm", "model", "control-plane"] as const;
+type Section = (typeof SECTIONS)[number];
+
+function sectionsFromArgs(argv: string[]): Section[] {
+  const i = argv.indexOf("--only");
+  const eq = argv.find((a) => a.startsWith("--only="));
+  const value = i >= 0 ? argv[i + 1] : eq?.slice("--only=".length);
+  if (value === undefined) return [...SECTIONS];
+  const asked = value.split(",").map((x) => x.trim());
+  const unknown = asked.filter((x) => !(SECTIONS as readonly string[]).includes(x));
+  if (unknown.length || !asked.length) throw new Error(`--only: expected some of ${SECTIONS.join(", ")} (comma-separated), found ${JSON.stringify(value)}`);
+  return asked as Section[];
+}
+
+const s2 = (x: number) => `${x.toFixed(2)} s`;
+const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
+
+type Series = { median: number; all: number[] };
+const series = (xs: number[]): Series => ({ median: median(xs), all: xs });
+
+/** Median of each breakdown segment over runs. */
+function medianBreakdown(bs: Breakdown[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  const keys = ["engineStart", "languageHost", "program", "pluginStart", "finish", "engineExit", "engineProcess", "automationTail"] as const;
+  for (const k of keys) out[k] = median(bs.map((b) => b[k]));
+  for (const t of Object.keys(bs[0].resources)) {
+    out[`${t}.start`] = median(bs.map((b) => b.resources[t]?.start ?? NaN));
+    out[`${t}.create`] = median(bs.map((b) => b.resources[t]?.seconds ?? NaN));
+  }
+  return out;
+}
+
+async function bootSection(tmp: string) {
+  const accel = await resolveAccel("auto", DEFAULT_CACHE_DIR);
+  buildImage(ENV, DEFAULT_CACHE_DIR); // warm the cache: both paths then boot the same cached image
+  const floorDir = (k: string) => path.join(PROJECT_ROOT, "provider", "bench", "floor", k);
+  const bare: number[] = [];
+  const empty: Awaited<ReturnType<typeof timedUp>>[] = [];
+  const trivial: typeof empty = [];
+  const ours: typeof empty = [];
+  const oursNoCkpt: typeof empty = [];
+  // Interleaved, so that a busy moment of the machine does not fall on one kind only.
+  for (let i = 0; i < Math.max(RUNS_BARE, RUNS_UP); i++) {
+    if (i < RUNS_BARE) {
       bare.push(await bareBoot(tmp, accel));
-      console.log(`bare QEMU boot to job result, run ${i + 1}/${RUNS_BARE}: ${bare[i].toFixed(2)} s`);
+      console.log(`bare QEMU boot to job result, run ${i + 1}/${RUNS_BARE}: ${s2(bare[i])}`);
     }
-    const ups: { up: number; jobSeconds: number }[] = [];
-    for (let i = 0; i < RUNS_UP; i++) {
-      ups.push(await pulumiUp(tmp));
-      console.log(
-        `pulumi up to job output, run ${i + 1}/${RUNS_UP}: ${ups[i].up.toFixed(2)} s (job result ${ups[i].jobSeconds.toFixed(2)} s after the VM was requested)`,
-      );
+    if (i >= RUNS_UP) continue;
+    empty.push(await timedUp(tmp, { workDir: floorDir("empty") }));
+    trivial.push(await timedUp(tmp, { workDir: floorDir("trivial") }));
+    ours.push(await timedUp(tmp, { definitions: ENV_YAML }));
+    oursNoCkpt.push(await timedUp(tmp, { definitions: ENV_YAML, extraEnv: { PULUMI_SKIP_CHECKPOINTS: "true" } }));
+    console.log(
+      `run ${i + 1}/${RUNS_UP}: pulumi up of the empty floor ${s2(empty[i].wall)}, trivial floor ${s2(trivial[i].wall)}, ` +
+        `1-VM ${s2(ours[i].wall)} (job result ${s2(ours[i].jobSeconds!)} after the VM was requested), 1-VM without checkpoints ${s2(oursNoCkpt[i].wall)}`,
+    );
+  }
+  const wall = (xs: typeof empty) => series(xs.map((x) => x.wall));
+  const engine = (xs: typeof empty) => series(xs.map((x) => x.engine));
+  return {
+    date: new Date().toISOString(),
+    accel,
+    runs: { bare: RUNS_BARE, up: RUNS_UP },
+    bareBootSeconds: series(bare),
+    floorEmptyUpSeconds: { wall: wall(empty), engineProcess: engine(empty), breakdown: medianBreakdown(empty.map((x) => x.breakdown)) },
+    floorTrivialUpSeconds: { wall: wall(trivial), engineProcess: engine(trivial), breakdown: medianBreakdown(trivial.map((x) => x.breakdown)) },
+    pulumiUpSeconds: { wall: wall(ours), engineProcess: engine(ours), breakdown: medianBreakdown(ours.map((x) => x.breakdown)) },
+    pulumiUpSkipCheckpointsSeconds: { wall: wall(oursNoCkpt), engineProcess: engine(oursNoCkpt) },
+    providerJobSeconds: series(ours.map((x) => x.jobSeconds!)),
+    overheadSeconds: median(ours.map((x) => x.wall)) - median(bare),
+  };
+}
+
+const WARM_YAML = (nodes: number) => `apiVersion: vse.dev/v1
+kind: Environment
+metadata: { name: bench-warm }
+spec:
+  warm: true
+  job: { command: ["/bin/sh", "-c", "echo $((2+3))"], afterJob: stay-up, timeoutSeconds: 120 }
+---
+apiVersion: vse.dev/v1
+kind: VmProfile
+metadata: { name: bench-profile }
+spec: { hypervisor: qemu, memory: 256MiB, vcpus: 1, machine: pc, accel: auto }
+---
+apiVersion: vse.dev/v1
+kind: VirtualCluster
+metadata: { name: bench }
+spec: { environment: bench-warm, profile: bench-profile, nodes: ${nodes}, allocation: { manager: local, hosts: 1 } }
+`;
+
+/**
+ * Warm launch, side by side with bare cold boots: one stack whose first VM
+ * boots cold (and leaves the snapshot), then, run after run, `pulumi up`
+ * adding a second VM (it restores) and `pulumi up` removing it again.
+ */
+async function warmSection(tmp: string) {
+  const accel = await resolveAccel("auto", DEFAULT_CACHE_DIR);
+  const dir = fs.mkdtempSync(path.join(tmp, "warm-"));
+  const name = `bench-warm-${path.basename(dir).slice(5)}`.toLowerCase().replace(/[^a-z0-9-]/g, "");
+  const stack = await openStack(name, engineEnv({ backendUrl: `file://${path.join(dir, "backend")}`, passphrase: "bench" }));
+  const bare: number[] = [];
+  const upAdd: number[] = [];
+  const jobWarm: number[] = [];
+  let jobCold = NaN;
+  try {
+    await stack.setAllConfig({
+      "vse:definitions": { value: dir },
+      "vse:stateDir": { value: path.join(dir, "state") },
+      "vse:cacheDir": { value: path.join(dir, "cache") },
+    });
+    fs.writeFileSync(path.join(dir, "bench.yaml"), WARM_YAML(1));
+    const first = await stack.up();
+    const vm0 = (first.outputs.vms.value as Record<string, { seconds: number; launch: string }>)["bench-0"];
+    if (vm0.launch !== "cold") throw new Error(`the first warm VM came up ${vm0.launch}, expected cold`);
+    jobCold = vm0.seconds;
+    for (let i = 0; i < Math.max(RUNS_BARE, RUNS_UP); i++) {
+      if (i < RUNS_BARE) bare.push(await bareBoot(tmp, accel));
+      if (i >= RUNS_UP) continue;
+      fs.writeFileSync(path.join(dir, "bench.yaml"), WARM_YAML(2));
+      const t0 = process.hrtime.bigint();
+      const res = await stack.up();
+      upAdd.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      const vm1 = (res.outputs.vms.value as Record<string, { seconds: number; launch: string; output: string }>)["bench-1"];
+      if (vm1.launch !== "warm" || vm1.output !== "5\n") throw new Error(`the added VM came up ${vm1.launch} with ${JSON.stringify(vm1.output)}`);
+      jobWarm.push(vm1.seconds);
+      console.log(`warm run ${i + 1}/${RUNS_UP}: pulumi up adding a warm VM ${s2(upAdd[i])}, VM requested → job output ${s2(vm1.seconds)}`);
+      fs.writeFileSync(path.join(dir, "bench.yaml"), WARM_YAML(1));
+      await stack.up();
     }
-    let model: Record<string, number> | undefined;
-    const modelBench = path.join(__dirname, "..", "bench", "model-throughput.js");
-    if (fs.existsSync(modelBench)) {
-      model = await require(modelBench).modelThroughput();
-      console.log(`validate + render: ${JSON.stringify(model)}`);
-    }
-    const results = {
+  } finally {
+    await stack.destroy();
+    await stack.workspace.removeStack(name);
+    fs.rmSync(path.join(PROJECT_ROOT, `Pulumi.${name}.yaml`), { force: true });
+  }
+  return {
+    date: new Date().toISOString(),
+    accel,
+    runs: { bare: RUNS_BARE, up: RUNS_UP },
+    bareBootSeconds: series(bare),
+    upAddingWarmVmSeconds: series(upAdd),
+    warmJobSeconds: series(jobWarm),
+    firstColdJobSeconds: jobCold,
+  };
+}
+type WarmResult = Awaited<ReturnType<typeof warmSection>>;
+
+function warmMarkdown(w: WarmResult): string[] {
+  const bare = w.bareBootSeconds.median;
+  const up = w.upAddingWarmVmSeconds.median;
+  const job = w.warmJobSeconds.median;
+  const verdict = (ok: boolean, over: string) => (ok ? "met" : `**not met**: ${over}`);
+  return [
+    `**Warm launch** (${w.date.slice(0, 10)}, accel ${w.accel}; medians; bare boots interleaved with the ups in the same run):`,
+    "",
+    "| what | median | runs | ratio to the bare boot | target |",
+    "|---|---|---|---|---|",
+    `| bare \`qemu-system-x86_64\` cold boot of the tiny VSE to its job result | ${s2(bare)} | ${w.runs.bare} | 1.00× | |`,
+    `| \`pulumi up\` adding one VM of a warm environment to a running cluster, to its job's output | ${s2(up)} | ${w.runs.up} | ${ratio(up, bare)} | ≤ 0.5× bare: ${verdict(up <= 0.5 * bare, `${ratio(up, bare)}`)} |`,
+    `| of it: VM requested from its agent → job output (restored from the snapshot) | ${s2(job)} | ${w.runs.up} | ${ratio(job, bare)} | ≤ 0.6 s: ${verdict(job <= 0.6, `${s2(job - 0.6)} over`)} |`,
+    `| the first VM of the environment (no snapshot yet: boots, then saves one) | ${s2(w.firstColdJobSeconds)} | 1 | ${ratio(w.firstColdJobSeconds, bare)} | |`,
+    "",
+  ];
+}
+
+type Results = {
+  date: string;
+  command: string;
+  machine: Record<string, string | number>;
+  boot?: BootResult;
+  warm?: WarmResult;
+  model?: Awaited<ReturnType<typeof modelThroughput>> & { date: string };
+  controlPlane?: ControlPlaneResult & { date: string; floor: FloorResult };
+};
+type BootResult = Awaited<ReturnType<typeof bootSection>>;
+
+function bootMarkdown(b: BootResult): string[] {
+  const bare = b.bareBootSeconds.median;
+  const ours = b.pulumiUpSeconds;
+  const triv = b.floorTrivialUpSeconds;
+  const empty = b.floorEmptyUpSeconds;
+  const bd = ours.breakdown;
+  const tb = triv.breakdown;
+  const env = (k: string) => bd[`Environment.${k}`];
+  const seg = (label: string, a: number | undefined, f: number | undefined) =>
+    `| ${label} | ${a === undefined || isNaN(a) ? "–" : s2(a)} | ${f === undefined || isNaN(f) ? "–" : s2(f)} |`;
+  return [
+    `**One VM** (${b.date.slice(0, 10)}, accel ${b.accel}; medians; every row measured in the same run, interleaved):`,
+    "",
+    "| what | median | runs | ratio to the bare boot | ratio to the trivial floor |",
+    "|---|---|---|---|---|",
+    `| bare \`qemu-system-x86_64\` boot of the tiny VSE to its job result | ${s2(bare)} | ${b.runs.bare} | 1.00× | |`,
+    `| engine floor: \`pulumi up\` of an empty Node program | ${s2(empty.wall.median)} | ${b.runs.up} | ${ratio(empty.wall.median, bare)} | ${ratio(empty.wall.median, triv.wall.median)} |`,
+    `| engine floor: \`pulumi up\` of one trivial dynamic resource | ${s2(triv.wall.median)} | ${b.runs.up} | ${ratio(triv.wall.median, bare)} | 1.00× |`,
+    `| \`pulumi up\` of a 1-VM cluster, start to job output (fresh stack) | ${s2(ours.wall.median)} | ${b.runs.up} | ${ratio(ours.wall.median, bare)} | ${ratio(ours.wall.median, triv.wall.median)} |`,
+    `| the same with \`PULUMI_SKIP_CHECKPOINTS=true\` | ${s2(b.pulumiUpSkipCheckpointsSeconds.wall.median)} | ${b.runs.up} | ${ratio(b.pulumiUpSkipCheckpointsSeconds.wall.median, bare)} | |`,
+    `| of the 1-VM up: VM requested from its agent until its job result | ${s2(b.providerJobSeconds.median)} | ${b.runs.up} | ${ratio(b.providerJobSeconds.median, bare)} | |`,
+    `| **overhead of \`pulumi up\` over the bare boot** (target ≤ 1.0 s) | **${s2(b.overheadSeconds)}** | | | |`,
+    "",
+    "Where the 1-VM `pulumi up` spends its time (engine events stamped on arrival; medians), beside the trivial floor:",
+    "",
+    "| segment | 1-VM up | trivial floor |",
+    "|---|---|---|",
+    seg("engine start (CLI, project, backend, config → prelude event)", bd.engineStart, tb.engineStart),
+    seg("language host + Node + @pulumi/pulumi (→ Stack registered)", bd.languageHost, tb.languageHost),
+    seg("program (definitions, plan, render → first resource sent)", bd.program, tb.program),
+    seg("dynamic-provider plugin start (→ default provider created)", bd.pluginStart, tb.pluginStart),
+    seg("Environment create (image found in the cache)", env("create"), undefined),
+    seg("VmProfile create (hypervisor probe)", bd["VmProfile.create"], undefined),
+    seg("VirtualCluster create (incl. agent start)", bd["VirtualCluster.create"], undefined),
+    seg("VirtualMachine create (incl. boot to job output)", bd["VirtualMachine.create"], undefined),
+    seg("trivial resource create", undefined, tb["Trivial.create"]),
+    seg("VirtualMachine create began at (after its dependencies)", bd["VirtualMachine.start"], undefined),
+    seg("last resource done → summary event (stack outputs)", bd.finish, tb.finish),
+    seg("summary → engine exit (final checkpoint, plugins down, CLI exit)", bd.engineExit, tb.engineExit),
+    seg("the `pulumi up` process, start to exit", bd.engineProcess, tb.engineProcess),
+    seg("Automation API after the engine exits (`stack output` ×2, `stack history`)", bd.automationTail, tb.automationTail),
+    seg(
+      "checkpoint writes (engine process of up minus up with PULUMI_SKIP_CHECKPOINTS=true; a difference of medians, within noise when near 0)",
+      ours.engineProcess.median - b.pulumiUpSkipCheckpointsSeconds.engineProcess.median,
+      undefined,
+    ),
+    "",
+  ];
+}
+
+function controlPlaneMarkdown(c: ControlPlaneResult & { date: string; floor: FloorResult }): string[] {
+  const t = CONTROL_PLANE_TARGETS;
+  const verdict = (v: number, target: number, unit: string, fmt: (x: number) => string) =>
+    v <= target ? `met (${fmt(target - v)} ${unit} to spare)` : `**not met**: ${fmt(v - target)} ${unit} over (${(v / target).toFixed(1)}×)`;
+  const f1 = (x: number) => x.toFixed(1);
+  const bu = c.up.breakdown;
+  const bc = c.changeOne.breakdown;
+  return [
+    `**Control plane, ${c.vms} VMs** (${c.date.slice(0, 10)}; ${c.clusters} clusters of ${c.vms / c.clusters}, ${c.agents} agents; guests are STAND-INS: ${c.guest}; one run each):`,
+    "",
+    `| what | ${c.vms} stand-in VMs | engine floor: ${c.floor.resources} trivial dynamic resources | ratio | target | verdict |`,
+    "|---|---|---|---|---|---|",
+    `| \`pulumi up\`, fresh stack | ${s2(c.up.seconds)} | ${s2(c.floor.upSeconds)} | ${ratio(c.up.seconds, c.floor.upSeconds)} | | |`,
+    `| \`pulumi up\`, fresh stack, with \`PULUMI_SKIP_CHECKPOINTS=true\` (only the final checkpoint written) | ${s2(c.upSkipCheckpoints.seconds)} | ${s2(c.floor.upSkipCheckpointsSeconds)} | ${ratio(c.upSkipCheckpoints.seconds, c.floor.upSkipCheckpointsSeconds)} | | |`,
+    `| no-op \`pulumi preview\` | ${s2(c.preview.seconds)} | ${s2(c.floor.previewSeconds)} | ${ratio(c.preview.seconds, c.floor.previewSeconds)} | ≤ ${t.previewSeconds} s | ${verdict(c.preview.seconds, t.previewSeconds, "s", f1)} |`,
+    `| \`pulumi up\` that changes one VM | ${s2(c.changeOne.seconds)} | ${s2(c.floor.changeOneSeconds)} | ${ratio(c.changeOne.seconds, c.floor.changeOneSeconds)} | ≤ ${t.changeOneSeconds} s | ${verdict(c.changeOne.seconds, t.changeOneSeconds, "s", f1)} |`,
+    `| checkpoint bytes per VM (${c.checkpoint.bytes} B / ${c.vms}) | ${Math.round(c.checkpoint.bytesPerVm)} B | ${Math.round(c.floor.checkpoint.bytesPerResource)} B | ${ratio(c.checkpoint.bytesPerVm, c.floor.checkpoint.bytesPerResource)} | ≤ ${t.checkpointBytesPerVm} B | ${verdict(c.checkpoint.bytesPerVm, t.checkpointBytesPerVm, "B", (x) => String(Math.round(x)))} |`,
+    `| \`pulumi destroy\` of ${c.vms} VMs, with \`PULUMI_SKIP_CHECKPOINTS=true\` (cleanup) | ${s2(c.destroySeconds)} | | | | |`,
+    "",
+    "Where the time goes (engine events; the floor's figures in brackets):",
+    "",
+    "| segment | up (fresh) | preview | change one |",
+    "|---|---|---|---|",
+    ...(() => {
+      const fl = c.floor;
+      const row = (label: string, f: (b: Breakdown) => number) =>
+        `| ${label} | ${s2(f(bu))} (${s2(f(fl.upBreakdown))}) | ${s2(f(c.preview.breakdown))} (${s2(f(fl.previewBreakdown))}) | ${s2(f(bc))} (${s2(f(fl.changeOneBreakdown))}) |`;
+      return [
+        row("engine start", (b) => b.engineStart),
+        row("language host + Node", (b) => b.languageHost),
+        row("program (ours: 1,000 VMs planned and rendered, resources declared)", (b) => b.program),
+        row("plugin start", (b) => b.pluginStart),
+        row("first resource step began → last resource done", (b) => resourceSpan(b)),
+        row("last resource → summary", (b) => b.finish),
+        row("summary → engine exit", (b) => b.engineExit),
+        row("the engine process", (b) => b.engineProcess),
+        row("Automation API after the engine", (b) => b.automationTail),
+        `| of which VirtualCluster create (${c.agents / c.clusters} agents each), longest | ${s2(bu.resources.VirtualCluster?.seconds ?? NaN)} | | |`,
+      ];
+    })(),
+    "",
+  ];
+}
+
+/** From the first resource step (after the stack and its provider) to the last resource's outputs. */
+function resourceSpan(b: Breakdown): number {
+  const starts = Object.values(b.resources).map((r) => r.start);
+  return starts.length ? b.lastResourceAt - Math.min(...starts) : NaN;
+}
+
+async function main(): Promise<void> {
+  const sections = sectionsFromArgs(process.argv.slice(2));
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vse-bench-"));
+  const file = path.join(PROJECT_ROOT, "bench", "results", "latest.json");
+  let previous: Partial<Results> = {};
+  try {
+    const p = JSON.parse(fs.readFileSync(file, "utf8"));
+    // Results of the layout before sections: nothing of it is kept.
+    if (p.boot || p.controlPlane || p.model?.date) previous = p;
+  } catch {
+    // no previous results
+  }
+  try {
+    const only = sections.length === SECTIONS.length ? "" : ` --only ${sections.join(",")}`;
+    // `npm run bench` runs scripts/setup.sh first, then this file; say which way it was started.
+    const command = process.env.npm_lifecycle_event === "bench" ? `npm run bench${only ? ` --${only}` : ""}` : `node dist/provider/cli/bench.js${only}`;
+    const results: Results = {
       date: new Date().toISOString(),
-      command: "npm run bench",
+      command,
       machine: machine(),
-      accel,
-      runs: { bare: RUNS_BARE, up: RUNS_UP },
-      bareBootSeconds: { median: median(bare), all: bare },
-      pulumiUpSeconds: { median: median(ups.map((u) => u.up)), all: ups.map((u) => u.up) },
-      providerJobSeconds: { median: median(ups.map((u) => u.jobSeconds)), all: ups.map((u) => u.jobSeconds) },
-      overheadSeconds: median(ups.map((u) => u.up)) - median(bare),
-      model,
+      boot: previous.boot,
+      warm: previous.warm,
+      model: previous.model,
+      controlPlane: previous.controlPlane,
     };
+    if (sections.includes("boot")) results.boot = await bootSection(tmp);
+    if (sections.includes("warm")) results.warm = await warmSection(tmp);
+    if (sections.includes("model")) {
+      results.model = { date: new Date().toISOString(), ...(await modelThroughput()) };
+      console.log(`validate + render: ${JSON.stringify(results.model)}`);
+    }
+    if (sections.includes("control-plane")) {
+      const date = new Date().toISOString();
+      const cp = await controlPlane(tmp);
+      results.controlPlane = { date, ...cp, floor: await controlPlaneFloor(tmp) };
+    }
+    const m = results.machine;
     const md = [
-      `Measured ${results.date.slice(0, 10)} with \`${results.command}\` on ${results.machine.cpu} (${results.machine.cores} cores, ${results.machine.memoryGiB} GiB), ${results.machine.qemu}, accel ${accel}:`,
+      `Measured with \`${command}\` on ${m.cpu} (${m.cores} cores, ${m.memoryGiB} GiB, load average ${m.loadAverageAtStart} at the start), ${m.qemu}; sections not run by this command keep the date they were measured.`,
       "",
-      "| what | median | runs |",
-      "|---|---|---|",
-      `| bare \`qemu-system-x86_64\` boot of the tiny VSE to its job result | ${results.bareBootSeconds.median.toFixed(2)} s | ${RUNS_BARE} |`,
-      `| \`pulumi up\` of a 1-VM cluster, start to job output (fresh stack) | ${results.pulumiUpSeconds.median.toFixed(2)} s | ${RUNS_UP} |`,
-      `| of which: VM requested from its agent until its job result | ${results.providerJobSeconds.median.toFixed(2)} s | ${RUNS_UP} |`,
-      `| **overhead of \`pulumi up\` over the bare boot** (target ≤ 1.0 s) | **${results.overheadSeconds.toFixed(2)} s** | |`,
-      ...(model ? [`| validate + render, ${model.vms} VMs | ${Math.round(model.configsPerSecond)} configs/s | 1 |`] : []),
-      "",
+      ...(results.boot ? bootMarkdown(results.boot) : []),
+      ...(results.warm ? warmMarkdown(results.warm) : []),
+      ...(results.controlPlane ? controlPlaneMarkdown(results.controlPlane) : []),
+      ...(results.model
+        ? [
+            `**Model**: validate + render of ${results.model.vms} VMs: ${Math.round(results.model.configsPerSecond)} configs/s (${String(results.model.date ?? results.date).slice(0, 10)}).`,
+            "",
+          ]
+        : []),
     ].join("\n");
-    fs.mkdirSync(path.join(PROJECT_ROOT, "bench", "results"), { recursive: true });
-    fs.writeFileSync(path.join(PROJECT_ROOT, "bench", "results", "latest.json"), JSON.stringify(results, null, 2) + "\n");
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, JSON.stringify(results, null, 2) + "\n");
     fs.writeFileSync(path.join(PROJECT_ROOT, "bench", "results", "latest.md"), md);
     const readme = path.join(PROJECT_ROOT, "README.md");
     if (fs.existsSync(readme)) {

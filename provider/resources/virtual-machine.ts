@@ -107,6 +107,7 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
 
     const deadline = t0 + inputs.jobTimeoutSeconds * 1000;
     let nextProgress = t0 + PROGRESS_EVERY_MS;
+    let pollMs = 10;
     v = view;
     let doneAt: number | undefined;
     for (;;) {
@@ -133,7 +134,9 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
           `VM ${inputs.vmName}: ${v?.observed.state ?? "starting"} for ${Math.round((Date.now() - t0) / 1000)} s, waiting for its job's result${last ? ` (console: ${last})` : ""}`,
         );
       }
-      await sleep(100);
+      // Soon at first (a warm VM answers within a fraction of a second), then every 100 ms.
+      await sleep(pollMs);
+      pollMs = Math.min(100, pollMs * 2);
       v = await client.getVm(inputs.vmName);
     }
   } catch (err) {
