@@ -86,7 +86,17 @@ describe("the VirtualMachine diff reads the table", () => {
     afterJob: "stay-up" as const,
     jobTimeoutSeconds: 60,
   };
-  const olds: VirtualMachineOutputs = { ...base, status: "running", pid: 1, starts: 1, jobOutput: "5\n", jobExitCode: 0, jobSeconds: 1, message: null, launch: "cold" };
+  const olds: VirtualMachineOutputs = {
+    ...base,
+    status: "running",
+    pid: 1,
+    starts: 1,
+    jobOutput: "5\n",
+    jobExitCode: 0,
+    jobSeconds: 1,
+    message: null,
+    launch: "cold",
+  };
 
   test("no change, no diff", async () => {
     expect(await vmDiff(olds, base)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
