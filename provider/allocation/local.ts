@@ -23,7 +23,7 @@ export interface AgentLaunch {
 }
 
 // The daemon always runs compiled code, also when this module is loaded from sources (ts-jest).
-const AGENT_MAIN = __filename.endsWith(".ts")
+export const AGENT_MAIN = __filename.endsWith(".ts")
   ? path.resolve(__dirname, "..", "..", "dist", "provider", "agent", "main.js")
   : path.resolve(__dirname, "..", "agent", "main.js");
 
@@ -31,7 +31,8 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function isAgentProcess(pid: number, stateDir: string): boolean {
+/** True when pid is a live agent daemon of stateDir (its argv names both): never a pid alone. */
+export function isAgentProcess(pid: number, stateDir: string): boolean {
   try {
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
     return argv.includes(AGENT_MAIN) && argv[argv.indexOf("--state-dir") + 1] === stateDir;

@@ -14,7 +14,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { AgentClient, AgentError } from "../agent/client";
 import { readJson } from "../agent/state";
-import { AgentLaunch, AgentRecord, withOfflineAgent } from "./local";
+import { AGENT_MAIN, AgentLaunch, AgentRecord, isAgentProcess, withOfflineAgent } from "./local";
 import { netnsExec } from "./netns";
 import { checkListenAddress, ClusterCa, ensureClusterCa, issueServerCert } from "./tls";
 
@@ -36,22 +36,8 @@ export interface StaticAgentRecord extends AgentRecord {
 /** The port agents of static hosts serve on unless told otherwise (each host has its own address). */
 export const DEFAULT_AGENT_PORT = 7443;
 
-// The daemon always runs compiled code, also when this module is loaded from sources (ts-jest).
-const AGENT_MAIN = __filename.endsWith(".ts")
-  ? path.resolve(__dirname, "..", "..", "dist", "provider", "agent", "main.js")
-  : path.resolve(__dirname, "..", "agent", "main.js");
-
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-function isAgentProcess(pid: number, stateDir: string): boolean {
-  try {
-    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-    return argv.includes(AGENT_MAIN) && argv[argv.indexOf("--state-dir") + 1] === stateDir;
-  } catch {
-    return false;
-  }
 }
 
 /** The cluster's CA lives in <clusterDir>/ca (0700); made at cluster create time, reused afterwards. */
