@@ -29,11 +29,12 @@ const execa = require("execa") as typeof import("execa");
 const RUNS_BARE = Number(process.env.VSE_BENCH_RUNS_BARE ?? 5);
 const RUNS_UP = Number(process.env.VSE_BENCH_RUNS_UP ?? 3);
 
-const ENV_YAML = `apiVersion: vse.dev/v1
+/** The benchmark's cluster: one environment adding two numbers, one profile, nodes VMs on one host; warm or not. */
+const benchYaml = (o: { warm: boolean; nodes: number }) => `apiVersion: vse.dev/v1
 kind: Environment
-metadata: { name: bench-sum }
+metadata: { name: ${o.warm ? "bench-warm" : "bench-sum"} }
 spec:
-  job: { command: ["/bin/sh", "-c", "echo $((2+3))"], afterJob: stay-up, timeoutSeconds: 120 }
+${o.warm ? "  warm: true\n" : ""}  job: { command: ["/bin/sh", "-c", "echo $((2+3))"], afterJob: stay-up, timeoutSeconds: 120 }
 ---
 apiVersion: vse.dev/v1
 kind: VmProfile
@@ -43,8 +44,10 @@ spec: { hypervisor: qemu, memory: 256MiB, vcpus: 1, machine: pc, accel: auto }
 apiVersion: vse.dev/v1
 kind: VirtualCluster
 metadata: { name: bench }
-spec: { environment: bench-sum, profile: bench-profile, nodes: 1, allocation: { manager: local, hosts: 1 } }
+spec: { environment: ${o.warm ? "bench-warm" : "bench-sum"}, profile: bench-profile, nodes: ${o.nodes}, allocation: { manager: local, hosts: 1 } }
 `;
+
+const ENV_YAML = benchYaml({ warm: false, nodes: 1 });
 
 const ENV: EnvironmentModel = {
   name: "bench-sum",
@@ -205,23 +208,7 @@ async function bootSection(tmp: string) {
   };
 }
 
-const WARM_YAML = (nodes: number) => `apiVersion: vse.dev/v1
-kind: Environment
-metadata: { name: bench-warm }
-spec:
-  warm: true
-  job: { command: ["/bin/sh", "-c", "echo $((2+3))"], afterJob: stay-up, timeoutSeconds: 120 }
----
-apiVersion: vse.dev/v1
-kind: VmProfile
-metadata: { name: bench-profile }
-spec: { hypervisor: qemu, memory: 256MiB, vcpus: 1, machine: pc, accel: auto }
----
-apiVersion: vse.dev/v1
-kind: VirtualCluster
-metadata: { name: bench }
-spec: { environment: bench-warm, profile: bench-profile, nodes: ${nodes}, allocation: { manager: local, hosts: 1 } }
-`;
+const WARM_YAML = (nodes: number) => benchYaml({ warm: true, nodes });
 
 /**
  * Warm launch, side by side with bare cold boots: one stack whose first VM
