@@ -422,7 +422,9 @@ export class Agent {
         e = undefined;
       }
       const running = e ? await this.isRunning(e) : false;
-      const changed = !e || e.spec.config !== spec.config;
+      // A QEMU still waiting for a migration that never came is not the VM: it starts afresh.
+      const waiting = !!e && running && !!e.observed.incoming && (await this.runDetail(e)) === "inmigrate";
+      const changed = !e || e.spec.config !== spec.config || waiting;
       // A VM that ran its job and powered off as declared is done: a change that keeps its config must not run the job again.
       if (e && !running && !changed && e.observed.state === "exited") {
         e.spec = spec;

@@ -226,8 +226,11 @@ export async function vmUpdate(olds: VirtualMachineOutputs, news: VirtualMachine
   if (vmChange(changed).policy === "migrate") {
     // A running guest whose config is otherwise unchanged moves live; anything else starts afresh on the new host.
     const onlyPlacement = changed.every((k) => ["host", "agentUrl", "token", "jobTimeoutSeconds"].includes(k));
-    if (olds.status === "running" && onlyPlacement) return { outs: await migrate(olds, news) };
     const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
+    // A migration that an interruption cut short may have landed already: then the VM runs on the target and is only adopted.
+    const there = onlyPlacement ? await new AgentClient(news.agentUrl, news.token).getVm(news.vmName).catch(() => undefined) : undefined;
+    const landed = there?.observed.state === "running" && !there.observed.incoming;
+    if (onlyPlacement && (olds.status === "running" || landed)) return { outs: await migrate(olds, news) };
     const outs = await apply(news);
     await new AgentClient(olds.agentUrl, olds.token)
       .deleteVm(olds.vmName)

@@ -175,3 +175,17 @@ test("a VM whose QEMU refuses to start leaves nothing behind, as a create and as
     expect(qemuProcessesFor(c.dir, "vm-refused")).toEqual([]);
   }
 });
+
+test("a migration target that was never sent its VM is not taken for the VM: the desired state starts it afresh", async () => {
+  const a = c.agents[0] ?? (await c.start(0));
+  const spec = vmSpec(c, "vm-waiting");
+  const waiting = await c.client(a).incoming("vm-waiting", spec);
+  expect(waiting.observed.incoming).toMatch(/^unix:.*\/vms\/vm-waiting\/migrate\.sock$/);
+  const put = await c.client(a).putVm("vm-waiting", spec);
+  expect(put.observed.incoming).toBeUndefined();
+  expect(put.observed.starts).toBe(waiting.observed.starts + 1);
+  const done = await waitForVm(c.client(a), "vm-waiting", (v) => v.job.state === "done");
+  expect(done.job.output).toBe("job-42\n");
+  expect(qemuProcessesFor(c.dir, "vm-waiting")).toEqual([done.observed.pid]);
+  await c.client(a).deleteVm("vm-waiting");
+});

@@ -1,0 +1,69 @@
+// The VirtualMachine provider's update against real agents: a migration that
+// an interruption cut short after the VM had landed on its target is adopted
+// there (the job is not waited for again, nothing boots twice), whatever the
+// refreshed state says of the source.
+import { moveVm, VirtualMachineInputs, VirtualMachineOutputs, vmUpdate } from "../../provider/resources/virtual-machine";
+import { testCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
+import { processesUnder, qemuProcessesFor } from "../support/stack";
+
+jest.setTimeout(5 * 60 * 1000);
+
+let c: TestCluster;
+
+beforeAll(async () => {
+  c = await testCluster();
+  await c.start(0);
+  await c.start(1);
+});
+
+afterAll(async () => {
+  const dir = c.dir;
+  await c.stop();
+  expect(processesUnder(dir)).toEqual([]);
+});
+
+test("an update to a new host adopts the VM that already landed there instead of booting it again", async () => {
+  const spec = vmSpec(c, "mv-0");
+  // The VM ran its job on host 0 and was live-migrated to host 1 (its console there has no job result);
+  // the stack still records host 0, where refresh found it missing.
+  await c.client(c.agents[0]).putVm("mv-0", spec);
+  await waitForVm(c.client(c.agents[0]), "mv-0", (v) => v.job.state === "done");
+  await moveVm(c.client(c.agents[0]), c.client(c.agents[1]), "mv-0", spec);
+  const landed = (await c.client(c.agents[1]).getVm("mv-0"))!;
+  expect(landed.job.state).toBe("waiting");
+  const inputs = (host: number): VirtualMachineInputs => ({
+    cluster: "c",
+    vmName: "mv-0",
+    host,
+    agentUrl: c.agents[host].url,
+    token: c.launch.token,
+    hypervisor: "qemu",
+    imageId: /image:([0-9a-f]{64})\//.exec(spec.config)![1],
+    memoryMiB: 128,
+    vcpus: 1,
+    machine: "pc",
+    accel: "tcg",
+    kernelArgs: "",
+    config: spec.config,
+    markers: spec.markers,
+    afterJob: "stay-up",
+    jobTimeoutSeconds: 20,
+  });
+  const olds: VirtualMachineOutputs = {
+    ...inputs(0),
+    status: "missing",
+    pid: null,
+    starts: 1,
+    jobOutput: "job-42\n",
+    jobExitCode: 0,
+    jobSeconds: 5,
+    message: null,
+    launch: "cold",
+  };
+  const t0 = Date.now();
+  const { outs } = await vmUpdate(olds, inputs(1));
+  expect(Date.now() - t0).toBeLessThan(10000);
+  expect(outs).toEqual(expect.objectContaining({ host: 1, status: "running", pid: landed.observed.pid, jobOutput: "job-42\n", jobExitCode: 0 }));
+  expect(qemuProcessesFor(c.dir, "mv-0")).toEqual([landed.observed.pid]);
+  await c.client(c.agents[1]).deleteVm("mv-0");
+});
