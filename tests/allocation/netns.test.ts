@@ -2,7 +2,6 @@
 // each with its own address in a private test subnet and no route beyond it;
 // set-up repairs what is half-made; tc caps a link; tear-down, run twice,
 // leaves no namespace, link or process behind. Needs root (iproute2, tc).
-import * as crypto from "crypto";
 import * as net from "net";
 import {
   capHostLink,
@@ -21,7 +20,8 @@ jest.setTimeout(60 * 1000);
 
 // Only addresses in this subnet (and 127.0.0.0/8) are ever used.
 const SUBNET = "10.213.0.0/26";
-const TAG = crypto.randomBytes(3).toString("hex");
+// A fixed tag with its own subnet: whatever a killed earlier run left behind under it is torn down first.
+const TAG = "tnet";
 let hosts: NetnsHosts;
 const started: number[] = [];
 
@@ -41,6 +41,7 @@ function alive(pid: number): boolean {
 }
 
 beforeAll(async () => {
+  await tearDownNetnsHosts(TAG);
   hosts = await setUpNetnsHosts({ tag: TAG, count: 3, subnet: SUBNET });
 });
 

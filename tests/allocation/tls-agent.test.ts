@@ -25,7 +25,8 @@ jest.setTimeout(90 * 1000);
 
 // Only addresses in this subnet (and 127.0.0.0/8) are ever used.
 const SUBNET = "10.213.0.64/26";
-const TAG = crypto.randomBytes(3).toString("hex");
+// A fixed tag with its own subnet: whatever a killed earlier run left behind under it is torn down first.
+const TAG = "ttls";
 let dir: string;
 let clusterDir: string;
 let hosts: NetnsHosts;
@@ -36,6 +37,7 @@ let stopped = false;
 const key = () => launch.clusterKey;
 
 beforeAll(async () => {
+  await tearDownNetnsHosts(TAG);
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "vse-tls-"));
   clusterDir = path.join(dir, "clusters", "c");
   hosts = await setUpNetnsHosts({ tag: TAG, count: 3, subnet: SUBNET });
