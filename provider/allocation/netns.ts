@@ -209,6 +209,8 @@ export async function setUpNetnsHosts(o: NetnsHostsOptions): Promise<NetnsHosts>
       const peer = `vse-${o.tag}-p${h.index}`;
       await run("ip", ["link", "add", h.link, "type", "veth", "peer", "name", peer, "netns", h.netns]);
       await run("ip", ["-n", h.netns, "link", "set", peer, "name", "eth0"]);
+      // The new link has a new MAC: forget the old one, or traffic goes to it until the entry goes stale.
+      await run("ip", ["neigh", "flush", "to", h.address, "dev", plan.bridge], { allowFail: true });
     }
     await run("ip", ["link", "set", h.link, "master", plan.bridge]);
     await run("ip", ["link", "set", h.link, "up"]);
