@@ -152,13 +152,23 @@ export async function agentHealthy(a: AgentRecord, token: string): Promise<boole
  * the state directory is then kept, so a retry can finish the job.
  */
 export async function stopLocalAgent(a: AgentRecord, launch: Pick<AgentLaunch, "token" | "clusterKey" | "imageStore">): Promise<void> {
+  await stopAgent(a, launch.clusterKey, new AgentClient(a.url, launch.token), `host ${a.host}`);
+}
+
+/**
+ * What stopping any agent takes, however it is reached (client): ask it to
+ * shut down; end its process; when it could not do the job itself, run the
+ * agent's own code over its state; report every failure together, keeping the
+ * state for a retry, else remove it.
+ */
+export async function stopAgent(a: AgentRecord, clusterKey: string, client: AgentClient, label: string): Promise<void> {
   const errors: string[] = [];
   let clean = false;
   try {
-    await new AgentClient(a.url, launch.token).shutdown();
+    await client.shutdown();
     clean = true;
   } catch (err) {
-    if (!(err instanceof AgentError && err.status === 0)) errors.push(`agent of host ${a.host}: ${(err as Error).message}`);
+    if (!(err instanceof AgentError && err.status === 0)) errors.push(`agent of ${label}: ${(err as Error).message}`);
   }
   const info = readJson<{ pid: number }>(path.join(a.stateDir, "agent.json"));
   for (const pid of new Set([a.pid, info?.pid].filter((p): p is number => p !== undefined))) {
@@ -168,8 +178,8 @@ export async function stopLocalAgent(a: AgentRecord, launch: Pick<AgentLaunch, "
     while (isAgentProcess(pid, a.stateDir)) await sleep(20);
   }
   if (!clean && fs.existsSync(path.join(a.stateDir, "state.json"))) {
-    await withOfflineAgent(a.stateDir, launch.clusterKey, (agent) => agent.shutdown()).catch((err: Error) => errors.push(`host ${a.host}: ${err.message}`));
+    await withOfflineAgent(a.stateDir, clusterKey, (agent) => agent.shutdown()).catch((err: Error) => errors.push(`${label}: ${err.message}`));
   }
-  if (errors.length) throw new Error(`could not stop everything of host ${a.host} (state kept in ${a.stateDir}): ${errors.join("; ")}`);
+  if (errors.length) throw new Error(`could not stop everything of ${label} (state kept in ${a.stateDir}): ${errors.join("; ")}`);
   fs.rmSync(a.stateDir, { recursive: true, force: true });
 }

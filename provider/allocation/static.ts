@@ -12,9 +12,9 @@
 // and certificate files are then what has to be staged to the host.
 import * as fs from "fs";
 import * as path from "path";
-import { AgentClient, AgentError } from "../agent/client";
+import { AgentClient } from "../agent/client";
 import { readJson } from "../agent/state";
-import { AGENT_MAIN, AgentLaunch, AgentRecord, isAgentProcess, withOfflineAgent } from "./local";
+import { AGENT_MAIN, AgentLaunch, AgentRecord, isAgentProcess, stopAgent } from "./local";
 import { netnsExec } from "./netns";
 import { checkListenAddress, ClusterCa, ensureClusterCa, issueServerCert } from "./tls";
 
@@ -168,26 +168,7 @@ export async function startStaticCluster(
  * (as for local agents). Errors are reported at the end, and the state kept.
  */
 export async function stopStaticAgent(a: StaticAgentRecord, launch: Pick<AgentLaunch, "token" | "clusterKey" | "imageStore">, caPem: string): Promise<void> {
-  const errors: string[] = [];
-  let clean = false;
-  try {
-    await staticClient(a, launch.token, caPem).shutdown();
-    clean = true;
-  } catch (err) {
-    if (!(err instanceof AgentError && err.status === 0)) errors.push(`agent of host ${a.host} (${a.address}): ${(err as Error).message}`);
-  }
-  const info = readJson<{ pid: number }>(path.join(a.stateDir, "agent.json"));
-  for (const pid of new Set([a.pid, info?.pid].filter((p): p is number => p !== undefined))) {
-    const deadline = Date.now() + 5000;
-    while (isAgentProcess(pid, a.stateDir) && Date.now() < deadline) await sleep(50);
-    if (isAgentProcess(pid, a.stateDir)) process.kill(pid, "SIGKILL");
-    while (isAgentProcess(pid, a.stateDir)) await sleep(20);
-  }
-  if (!clean && fs.existsSync(path.join(a.stateDir, "state.json"))) {
-    await withOfflineAgent(a.stateDir, launch.clusterKey, (agent) => agent.shutdown()).catch((err: Error) => errors.push(`host ${a.host}: ${err.message}`));
-  }
-  if (errors.length) throw new Error(`could not stop everything of host ${a.host} (${a.address}, state kept in ${a.stateDir}): ${errors.join("; ")}`);
-  fs.rmSync(a.stateDir, { recursive: true, force: true });
+  await stopAgent(a, launch.clusterKey, staticClient(a, launch.token, caPem), `host ${a.host} (${a.address})`);
 }
 
 /** Stops every agent of a static cluster (all tried, failures reported together), then removes the cluster's directory and its CA. */
