@@ -9,7 +9,7 @@ import * as fs from "fs";
 import * as path from "path";
 import type { VmSpec } from "../../provider/agent/protocol";
 import { moveVm } from "../../provider/resources/virtual-machine";
-import { jobEnv, testCluster, TestCluster, vmSpec } from "../support/agent";
+import { jobEnv, TestCluster, useTestCluster, vmSpec } from "../support/agent";
 import { processesUnder } from "../support/stack";
 
 const KILLS = Number(process.env.FAULT_KILLS ?? 110);
@@ -29,19 +29,9 @@ function rng(seed: number): () => number {
 
 type Declared = Map<string, { host: number; spec: VmSpec }>;
 
+const cluster = useTestCluster([0, 1]);
 let c: TestCluster;
-
-beforeAll(async () => {
-  c = await testCluster();
-  await c.start(0);
-  await c.start(1);
-});
-
-afterAll(async () => {
-  const dir = c.dir;
-  await c.stop();
-  expect(processesUnder(dir)).toEqual([]);
-});
+beforeAll(() => (c = cluster()));
 
 /** The QEMU processes of the test: VM name and the host whose state holds its pidfile. */
 function qemus(): { name: string; host: number; pid: number }[] {

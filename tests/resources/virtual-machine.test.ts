@@ -3,24 +3,14 @@
 // there (the job is not waited for again, nothing boots twice), whatever the
 // refreshed state says of the source.
 import { moveVm, VirtualMachineInputs, VirtualMachineOutputs, vmUpdate } from "../../provider/resources/virtual-machine";
-import { testCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
-import { processesUnder, qemuProcessesFor } from "../support/stack";
+import { TestCluster, useTestCluster, vmSpec, waitForVm } from "../support/agent";
+import { qemuProcessesFor } from "../support/stack";
 
 jest.setTimeout(5 * 60 * 1000);
 
+const cluster = useTestCluster([0, 1]);
 let c: TestCluster;
-
-beforeAll(async () => {
-  c = await testCluster();
-  await c.start(0);
-  await c.start(1);
-});
-
-afterAll(async () => {
-  const dir = c.dir;
-  await c.stop();
-  expect(processesUnder(dir)).toEqual([]);
-});
+beforeAll(() => (c = cluster()));
 
 test("an update to a new host adopts the VM that already landed there instead of booting it again", async () => {
   const spec = vmSpec(c, "mv-0");

@@ -12,6 +12,7 @@ import { CLUSTER_NETWORK_EXTRAS, clusterKey, clusterNetwork, nicsFor } from "../
 import { buildImage, imageRef, markersFor } from "../../provider/image/busybox";
 import type { EnvironmentModel, VmModel } from "../../provider/model/resolve";
 import { renderVmConfig } from "../../provider/render/render";
+import { processesUnder } from "./stack";
 
 export interface TestCluster {
   dir: string;
@@ -149,4 +150,22 @@ export function rawRequest(
     if (opts.body !== undefined) req.write(opts.body);
     req.end();
   });
+}
+
+/**
+ * A test cluster for a whole test file, with agents on the given hosts: made in
+ * beforeAll, and in afterAll stopped, checked to leave no process behind, removed.
+ */
+export function useTestCluster(hosts: number[] = [0]): () => TestCluster {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await testCluster();
+    for (const h of hosts) await c.start(h);
+  });
+  afterAll(async () => {
+    const dir = c.dir;
+    await c.stop();
+    expect(processesUnder(dir)).toEqual([]);
+  });
+  return () => c;
 }
