@@ -167,7 +167,7 @@ export class VirtualCluster extends pulumi.ComponentResource {
     // What the YAML program plans per cluster (planClusters in provider/program/plan.ts).
     const m = this.model;
     const key = clusterKey(pulumi.getProject(), pulumi.getStack(), name);
-    const { network, extras, kernelArgs: kernelArgsOf } = clusterBoot(m, key);
+    const { network, extras, kernelArgs: kernelArgsOf, hostAddress } = clusterBoot(m, key);
     const image = env.imageFor(extras);
     this.resource = new VirtualClusterResource(
       name,
@@ -178,10 +178,12 @@ export class VirtualCluster extends pulumi.ComponentResource {
         stack: pulumi.getStack(),
         manager: m.allocation.manager,
         hosts: m.allocation.hosts,
+        allocation: m.allocation,
         imageStore: path.join(env.cacheDir, "images"),
         sitePolicyFile: siteFile,
+        ...(m.allocation.hostList ? { imageIds: [image.imageId] } : {}),
       },
-      { parent: this },
+      { parent: this, dependsOn: [image.resource] },
     );
     for (const vm of m.vms) {
       // accel 'auto' is resolved by a probe boot, as in the YAML program; the config follows it.
@@ -195,10 +197,26 @@ export class VirtualCluster extends pulumi.ComponentResource {
             ...vmInputs(
               m,
               { vm, accel: "tcg", config: "", imageId: image.imageId, markers: markersFor(image.imageId) },
-              { agentUrl: this.resource.agents.apply((agents) => agents[vm.host].url), token: this.resource.token },
+              {
+                agentUrl: this.resource.agents.apply((agents) => agents[vm.host].url),
+                token: this.resource.token,
+                agentCa: this.resource.ca,
+                allocationRef: this.resource.allocationRef,
+              },
             ),
             accel,
-            config: accel.apply((a) => renderVmConfig({ cluster: name, clusterKey: key, vm, image: imageRef(image.imageId), accel: a, kernelArgs, network })),
+            config: accel.apply((a) =>
+              renderVmConfig({
+                cluster: name,
+                clusterKey: key,
+                vm,
+                image: imageRef(image.imageId),
+                accel: a,
+                kernelArgs,
+                network,
+                hostAddress: hostAddress(vm),
+              }),
+            ),
           },
           { parent: this.resource, dependsOn: [image.resource, profile.resource] },
         ),

@@ -50,6 +50,18 @@ command -v cpio >/dev/null || need_debs+=(cpio)
 command -v ip >/dev/null || need_debs+=(iproute2)
 command -v tc >/dev/null || need_debs+=(iproute2)
 command -v openssl >/dev/null || need_debs+=(openssl)
+# The slurm allocation manager and its tests: a real Slurm (scripts/slurm-up.sh starts it).
+command -v slurmctld >/dev/null || need_debs+=(slurm-wlm)
+command -v munged >/dev/null || need_debs+=(munge)
+# The ssh allocation manager's tests: a real sshd in namespace hosts (tests/support/sshd.ts), and ssh itself.
+[ -x /usr/sbin/sshd ] || need_debs+=(openssh-server)
+command -v ssh >/dev/null || need_debs+=(openssh-client)
+# The gridengine allocation manager's tests: a real Grid Engine (tests/support/gridengine.ts starts it).
+[ -x /usr/sbin/sge_qmaster ] || need_debs+=(gridengine-master)
+[ -x /usr/sbin/sge_execd ] || need_debs+=(gridengine-exec)
+command -v qconf >/dev/null || need_debs+=(gridengine-client)
+# The seed-003 benchmark's plot: matplotlib from PyPI in a venv under ~/.cache/vse-provider (provider/bench/seed003.ts).
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_debs+=(python3-venv)
 if [ "${#need_debs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing Debian packages: ${need_debs[*]}; run: sudo apt-get install -y ${need_debs[*]}"
@@ -107,4 +119,12 @@ fi
 # --- compile ------------------------------------------------------------------
 if [ "${VSE_SKIP_BUILD:-0}" != 1 ]; then
   npx tsc -p tsconfig.json
+fi
+
+# --- Slurm --------------------------------------------------------------------
+# The test cluster of the slurm allocation manager (munged, slurmctld, a slurmd
+# per namespace host): idempotent, about a second when it already runs. As root
+# always (npm test runs its tests against the real daemons); VSE_SLURM=0 skips it.
+if [ "${VSE_SLURM:-1}" != 0 ] && [ "$(id -u)" -eq 0 ] && [ -f dist/provider/allocation/netns.js ]; then
+  scripts/slurm-up.sh
 fi

@@ -4,10 +4,12 @@ import type { ConfigFacts } from "../drivers/qemu";
 import type { DriverOps, ExitStatus, RunningVm } from "../drivers/driver";
 import type { SitePolicy } from "../model/types.generated";
 import { agentLoadViolations, RuleViolation, violationMessage, vmRuleViolations } from "../model/policy";
-import { clusterNetwork, macAddress } from "../drivers/network";
+import { LOOPBACK_HOST_ADDRESS } from "../drivers/network";
 import { ImageNotFound, ImageStore } from "./image-store";
 import { AgentRefusal, JobResult, VmObserved, VmSpec, VmView } from "./protocol";
 import { readJson, writeFileAtomic } from "./state";
+import { Accounting } from "./accounting";
+import { CHECKPOINT_SAVING, prepareRestore, RESTORED_CONSOLE } from "./checkpoint";
 
 /** What one agent serves: its cluster, its image store, the site's policy. */
 export interface AgentOptions {
@@ -22,6 +24,14 @@ export interface AgentOptions {
   openDriver?: (hypervisor: string, stateDir: string) => Promise<DriverOps>;
   /** Benchmark only (main.ts --standin-guests): QEMU VMs, checked as ever, run as stand-in processes (drivers/standin.ts). */
   standinGuests?: boolean;
+  /** The host's address (main.ts --listen): its VMs' NICs are bound to it, and nothing else. Default 127.0.0.1 (an agent of this machine). */
+  hostAddress?: string;
+  /**
+   * An agent serving over TLS (--listen): its port (a cluster's agents share one), the host's certificate (chain: the host's, then the
+   * cluster CA's), key and the cluster's token. Live migration between hosts runs over TCP with TLS from these, and the source asks the
+   * target's agent (pinned to the CA) what it announced before it sends anything.
+   */
+  tls?: { port: number; certFile: string; keyFile: string; token: string };
 }
 
 interface Entry {
@@ -83,13 +93,82 @@ async function defaultOpenDriver(hypervisor: string, stateDir: string, o: AgentO
   if (hypervisor === "qemu") {
     const { qemuDriver } = require("../drivers/qemu-driver") as typeof import("../drivers/qemu-driver");
     // Warm-launch snapshots sit beside the images in the host's store.
-    return qemuDriver.open({ stateDir, resolveImage, snapshotDir: path.join(path.dirname(o.images.root), "snapshots") });
+    return qemuDriver.open({
+      stateDir,
+      resolveImage,
+      snapshotDir: path.join(path.dirname(o.images.root), "snapshots"),
+      hostAddress: o.hostAddress,
+      migrationTlsDir: o.tls ? migrationTlsDir(o.stateDir, o.tls) : undefined,
+    });
   }
   if (hypervisor === "libvirt") {
     const { libvirtDriver } = require("../drivers/libvirt") as typeof import("../drivers/libvirt");
     return libvirtDriver.open({ stateDir, resolveImage, domainPrefix: domainPrefix(o.clusterKey) });
   }
   throw new AgentRefusal(400, `hypervisor: a node agent runs "qemu" or "libvirt", found ${JSON.stringify(hypervisor)}`);
+}
+
+/** The PEM certificates in a file, in order. */
+function pemBlocks(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g) ?? [];
+}
+
+/**
+ * RFC 7919's ffdhe2048 group (`openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048`): without a
+ * dh-params.pem QEMU generates 2048-bit DH parameters when the server credentials load, which takes seconds to
+ * minutes on a busy host. The handshake is TLS 1.3 with ECDHE anyway; the file only spares that generation.
+ */
+const FFDHE2048_PEM = [
+  "-----BEGIN DH PARAMETERS-----",
+  "MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz",
+  "+8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a",
+  "87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7",
+  "YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi",
+  "7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD",
+  "ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==",
+  "-----END DH PARAMETERS-----",
+  "",
+].join("\n");
+
+/**
+ * QEMU's tls-creds-x509 directory for live migration, made from the host's
+ * agent certificate (serverAuth and clientAuth, allocation/tls.ts): the same
+ * certificate serves as the target's server and the source's client one, the
+ * cluster's CA as the only trusted root. Written into the agent's private
+ * state (0700; keys 0600) each time the agent starts.
+ */
+function migrationTlsDir(stateDir: string, tls: NonNullable<AgentOptions["tls"]>): string {
+  const dir = path.join(stateDir, "migrate-tls");
+  const chain = pemBlocks(fs.readFileSync(tls.certFile, "utf8"));
+  if (chain.length < 2) throw new Error(`${tls.certFile}: expected the host's certificate followed by the cluster CA's`);
+  const key = fs.readFileSync(tls.keyFile, "utf8");
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileAtomic(path.join(dir, "ca-cert.pem"), chain[chain.length - 1], 0o644);
+  writeFileAtomic(path.join(dir, "dh-params.pem"), FFDHE2048_PEM, 0o644);
+  for (const side of ["server", "client"]) {
+    writeFileAtomic(path.join(dir, `${side}-cert.pem`), chain[0], 0o644);
+    writeFileAtomic(path.join(dir, `${side}-key.pem`), key, 0o600);
+  }
+  return dir;
+}
+
+/** The cluster CA of an agent serving over TLS: the last certificate of its chain file. */
+function clusterCaOf(tls: NonNullable<AgentOptions["tls"]>): string {
+  const chain = pemBlocks(fs.readFileSync(tls.certFile, "utf8"));
+  return chain[chain.length - 1];
+}
+
+/** A free TCP port on address, as this agent's namespace sees it; QEMU binds it right after. */
+function freePort(address: string): Promise<number> {
+  const net = require("net") as typeof import("net");
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, address, () => {
+      const port = (srv.address() as import("net").AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }
 
 /** libvirt domains are host-global: they carry the cluster key, so two stacks never touch each other's VMs. */
@@ -116,11 +195,65 @@ export class Agent {
   private readonly log: (msg: string) => void;
   /** Why the last write of the state failed, until a retry succeeds; reported by /healthz and in the log. */
   persistError?: string;
+  /** Bumped with every change of the VMs' state: heartbeats carry it, so the agents watching this one re-fetch replica() (agent/heartbeat.ts). */
+  version = 0;
+  /** CPU, memory and wall time per VM process, kept after the VM ends (agent/accounting.ts). */
+  readonly accounting: Accounting;
 
   constructor(private readonly o: AgentOptions) {
     this.stateFile = path.join(o.stateDir, "state.json");
     this.vmsDir = path.join(o.stateDir, "vms");
     this.log = o.log ?? (() => undefined);
+    this.accounting = new Accounting(o.stateDir);
+  }
+
+  /** Where checkpoints live: the host's store, beside its images (agent/checkpoint.ts). */
+  get checkpointDir(): string {
+    return path.join(path.dirname(this.o.images.root), "checkpoints");
+  }
+
+  /**
+   * Runs op on one VM in its queue (never beside a put, migrate or delete of it),
+   * with its driver; for agent/checkpoint.ts, which must not reach QEMU but through the driver.
+   */
+  withVm<T>(
+    name: string,
+    op: (vm: { name: string; spec: VmSpec; observed: VmObserved; dir: string; running: boolean }, ops: DriverOps) => Promise<T>,
+  ): Promise<T> {
+    return this.serial(name, async () => {
+      const e = this.vms.get(name);
+      if (!e) throw new AgentRefusal(404, `not found: no VM named ${name}`);
+      const ops = await this.driver(e.spec.hypervisor);
+      const result = await op({ name, spec: e.spec, observed: { ...e.observed }, dir: path.join(this.vmsDir, name), running: await this.isRunning(e) }, ops);
+      // The op may have paused and resumed the guest: it is left as its spec asks.
+      await this.applyRunState(e);
+      return result;
+    });
+  }
+
+  /** The admitted config's facts, parsed once; undefined for a config this agent would no longer admit. */
+  private factsFor(e: Entry): ConfigFacts | undefined {
+    try {
+      return (e.facts ??= this.facts(e.name, e.spec));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Pauses or resumes a started VM, through its driver, as its spec's state asks (default running). */
+  private async applyRunState(e: Entry): Promise<void> {
+    if (!e.run || e.observed.incoming || (e.observed.state !== "running" && e.observed.state !== "paused")) return;
+    const want = e.spec.state === "paused" ? "paused" : "running";
+    const ops = await this.driver(e.spec.hypervisor);
+    const now = (await ops.status(e.name)).state;
+    if (want === "paused" && now !== "paused") await ops.pause(e.name);
+    if (want === "running" && now !== "running") await ops.resume(e.name);
+    if (e.observed.state !== want) {
+      this.accounting.sample(e.name);
+      e.observed = { ...e.observed, state: want, message: want === "paused" ? "paused" : e.observed.message === "paused" ? "resumed" : e.observed.message };
+      this.log(`VM ${e.name} ${want === "paused" ? "paused" : "resumed"} (pid ${e.run.pid})`);
+      this.persist();
+    }
   }
 
   get stateDir(): string {
@@ -150,7 +283,13 @@ export class Agent {
       } catch (err) {
         this.log(`VM ${e.name}: could not look for its process: ${(err as Error).message}`);
       }
-      const detail = run ? await this.runDetail(e) : undefined;
+      let detail = run ? await this.runDetail(e) : undefined;
+      if (run && detail === "postmigrate" && fs.existsSync(path.join(this.vmsDir, e.name, CHECKPOINT_SAVING))) {
+        // Stopped by a checkpoint save the agent did not live to finish: the VM never left, it runs on.
+        await (await this.driver(e.spec.hypervisor)).resume(e.name).catch((err: Error) => this.log(`VM ${e.name}: ${err.message}`));
+        fs.rmSync(path.join(this.vmsDir, e.name, CHECKPOINT_SAVING), { force: true });
+        detail = await this.runDetail(e);
+      }
       if (run && detail === "postmigrate") {
         // This copy handed the VM over to its migration target before the agent died: the VM lives there now.
         this.log(`VM ${e.name}: found a copy that had already migrated away (pid ${run.pid}); removing it`);
@@ -162,9 +301,16 @@ export class Agent {
         e.run = run;
         // A QEMU still waiting for a migration is a target, whatever the agent had recorded before it died.
         const incoming = detail === "inmigrate" ? (e.observed.incoming ?? `unix:${path.join(this.vmsDir, e.name, "migrate.sock")}`) : undefined;
-        e.observed = { ...e.observed, state: "running", pid: run.pid, incoming, message: "re-attached after an agent restart" };
-        this.log(`re-attached VM ${e.name} (pid ${run.pid})`);
-      } else if (e.observed.state === "running" || e.observed.state === "starting") {
+        e.observed = {
+          ...e.observed,
+          state: detail === "paused" && !incoming ? "paused" : "running",
+          pid: run.pid,
+          incoming,
+          message: "re-attached after an agent restart",
+        };
+        this.accounting.started(e.name, run.pid, e.observed.startedAt, this.factsFor(e));
+        this.log(`re-attached VM ${e.name} (pid ${run.pid}${e.observed.state === "paused" ? ", paused" : ""})`);
+      } else if (e.observed.state === "running" || e.observed.state === "paused" || e.observed.state === "starting") {
         e.observed = {
           ...e.observed,
           state: "failed",
@@ -193,6 +339,7 @@ export class Agent {
   close(): void {
     if (this.watcher) clearInterval(this.watcher);
     if (this.retry) clearTimeout(this.retry);
+    this.accounting.close();
   }
 
   private serialize(): string {
@@ -205,6 +352,7 @@ export class Agent {
    * /healthz and retried every second, never thrown at whoever changed a VM.
    */
   private persist(): void {
+    this.version++;
     try {
       writeFileAtomic(this.stateFile, this.serialize());
       if (this.persistError) this.log(`state written again after: ${this.persistError}`);
@@ -242,7 +390,7 @@ export class Agent {
 
   private async pollAdopted(): Promise<void> {
     for (const e of this.vms.values()) {
-      if (!e.run || e.run.exited || e.stopping || e.observed.state !== "running") continue;
+      if (!e.run || e.run.exited || e.stopping || (e.observed.state !== "running" && e.observed.state !== "paused")) continue;
       const run = e.run;
       const now = await (await this.driver(e.spec.hypervisor)).recover(e.name).catch(() => run);
       if (!now && e.run === run) this.onExit(e, { code: null, signal: null });
@@ -270,11 +418,13 @@ export class Agent {
           : `the VM's process ended unexpectedly (${status.signal ? `signal ${status.signal}` : `exit code ${status.code ?? "unknown"}`})`,
     };
     if (!expected) this.log(`VM ${e.name}: ${e.observed.message}`);
+    this.accounting.ended(e.name, e.observed.lastExit!.at);
     this.persist();
   }
 
   private watch(e: Entry, run: RunningVm): void {
     e.run = run;
+    this.accounting.started(e.name, run.pid, e.observed.startedAt, this.factsFor(e));
     run.exited?.then((st) => {
       if (e.run === run) this.onExit(e, st);
     });
@@ -285,8 +435,10 @@ export class Agent {
     const { parseQemuConfig, ConfigRefused } = require("../drivers/qemu") as typeof import("../drivers/qemu");
     const { parseLibvirtDomain } = require("../drivers/libvirt") as typeof import("../drivers/libvirt");
     let facts: ConfigFacts;
+    // The cluster network and MACs are this cluster's own, and NICs are bound to this host's address only: a config may not join another cluster's segment.
+    const ctx = { clusterKey: this.o.clusterKey, hostAddress: this.o.hostAddress ?? LOOPBACK_HOST_ADDRESS };
     try {
-      facts = spec.hypervisor === "libvirt" ? parseLibvirtDomain(spec.config).facts : parseQemuConfig(spec.config).facts;
+      facts = spec.hypervisor === "libvirt" ? parseLibvirtDomain(spec.config, ctx).facts : parseQemuConfig(spec.config, ctx).facts;
     } catch (err) {
       if (err instanceof ConfigRefused) throw new AgentRefusal(403, err.message);
       throw new AgentRefusal(400, `config: ${(err as Error).message}`);
@@ -297,18 +449,6 @@ export class Agent {
         403,
         `config: the VM must be named "${expectedName}" (${spec.hypervisor === "libvirt" ? "<name>" : "-name"}), found "${facts.name}"`,
       );
-    }
-    // The cluster network and MACs are this cluster's own: a config may not join another cluster's segment.
-    const net = clusterNetwork(this.o.clusterKey);
-    const prefix = macAddress(this.o.clusterKey, 0).slice(0, 8);
-    for (const nic of facts.nics) {
-      if (nic.mcast.address !== net.mcast.address || nic.mcast.port !== net.mcast.port) {
-        throw new AgentRefusal(
-          403,
-          `config: NIC ${nic.mac} joins ${nic.mcast.address}:${nic.mcast.port}; this cluster's network is ${net.mcast.address}:${net.mcast.port}`,
-        );
-      }
-      if (!nic.mac.startsWith(prefix)) throw new AgentRefusal(403, `config: MAC ${nic.mac} is not of this cluster (expected ${prefix}:…)`);
     }
     return facts;
   }
@@ -334,7 +474,9 @@ export class Agent {
       kernelRelease: meta.kernel === undefined ? undefined : () => meta.kernel!,
     });
     // Per-agent caps count every other VM this agent runs or is starting.
-    const others = [...this.vms.values()].filter((e) => e.name !== name && (e.observed.state === "running" || e.observed.state === "starting"));
+    const others = [...this.vms.values()].filter(
+      (e) => e.name !== name && (e.observed.state === "running" || e.observed.state === "paused" || e.observed.state === "starting"),
+    );
     const memoryOf = (e: Entry) => {
       try {
         e.facts ??= this.facts(e.name, e.spec);
@@ -372,20 +514,25 @@ export class Agent {
     } catch (err) {
       throw new AgentRefusal(503, `VM ${e.name}: ${(err as Error).message}`);
     }
+    // A checkpoint to restore is checked (its checksum, and that it was taken of a VM like this one) before anything starts.
+    const restore = e.spec.restoreFrom && !incoming ? prepareRestore(this.checkpointDir, e.spec.restoreFrom, e.facts ?? this.facts(e.name, e.spec)) : undefined;
     e.stopping = false;
     e.observed = { state: "starting", startedAt: new Date().toISOString(), starts: e.observed.starts + 1, lastExit: e.observed.lastExit, incoming };
     // The intent is on disk before any process exists: a crash from here on is found again by recover().
     this.recordIntent();
     try {
       await ops.create({ name: e.name, config: e.spec.config });
-      const run = await ops.start(e.name, incoming ? { incoming } : {});
+      // The guest's console up to the checkpoint goes before the new one: the job's output began there.
+      if (restore) fs.copyFileSync(restore.console, path.join(this.vmsDir, e.name, RESTORED_CONSOLE));
+      else fs.rmSync(path.join(this.vmsDir, e.name, RESTORED_CONSOLE), { force: true });
+      const run = await ops.start(e.name, incoming ? { incoming } : restore ? { restoreFile: restore.file } : {});
       this.watch(e, run);
       e.observed = {
         ...e.observed,
         state: "running",
         pid: run.pid,
         launch: run.launch,
-        message: incoming ? "waiting for a live migration" : undefined,
+        message: incoming ? "waiting for a live migration" : restore ? `restored from ${e.spec.restoreFrom}` : undefined,
         incoming,
       };
     } catch (err) {
@@ -404,6 +551,7 @@ export class Agent {
 
   private async stop(e: Entry): Promise<void> {
     const ops = await this.driver(e.spec.hypervisor);
+    this.accounting.sample(e.name);
     e.stopping = true;
     const run = e.run;
     await ops.stop(e.name, e.spec.stopGraceSeconds * 1000);
@@ -436,6 +584,7 @@ export class Agent {
         // A migration has landed here: the VM is now simply ours.
         e!.observed = { ...e!.observed, incoming: undefined, message: e!.observed.incoming ? "migrated here" : e!.observed.message };
         this.persist();
+        await this.applyRunState(e!);
         return this.view(e!);
       }
       this.admit(name, spec, facts);
@@ -456,11 +605,15 @@ export class Agent {
         if (e.observed.starts <= 1 && !e.observed.lastExit) await this.remove(e).catch(() => undefined);
         throw err;
       }
+      await this.applyRunState(e);
       return this.view(e);
     });
   }
 
-  /** Starts the VM as the target of a live migration, listening on a unix socket inside this agent's state directory. */
+  /**
+   * Starts the VM as the target of a live migration: on a unix socket inside this agent's state directory, or, for an agent
+   * serving over TLS (another host), on TCP at this host's address only, under TLS with the cluster's CA (qemu-driver.ts).
+   */
   incoming(name: string, spec: VmSpec): Promise<VmView> {
     if (spec.hypervisor !== "qemu")
       return Promise.reject(new AgentRefusal(400, `hypervisor: live migration needs "qemu", found ${JSON.stringify(spec.hypervisor)}`));
@@ -472,7 +625,10 @@ export class Agent {
       const e: Entry = { name, spec, observed: { state: "stopped", starts: old?.observed.starts ?? 0 } };
       this.vms.set(name, e);
       try {
-        await this.start(e, `unix:${path.join(this.vmsDir, name, "migrate.sock")}`);
+        const uri = this.o.tls
+          ? `tcp:${this.o.hostAddress}:${await freePort(this.o.hostAddress ?? LOOPBACK_HOST_ADDRESS)}`
+          : `unix:${path.join(this.vmsDir, name, "migrate.sock")}`;
+        await this.start(e, uri);
       } catch (err) {
         // A target that did not come up leaves nothing behind; the VM still runs on its source.
         await this.remove(e).catch(() => undefined);
@@ -496,9 +652,36 @@ export class Agent {
     }
   }
 
+  /**
+   * A TCP target is another host's: only an agent serving over TLS migrates there, and only to the address and port the agent of
+   * that host (same port as ours, pinned to the cluster's CA, which its certificate must name for that address) announces for this
+   * very VM as waiting; the stream itself is TLS with the same CA (qemu-driver.ts).
+   */
+  private async checkRemoteTarget(name: string, target: string): Promise<void> {
+    const { isHostAddress } = require("../drivers/qemu") as typeof import("../drivers/qemu");
+    const m = /^tcp:([0-9.]{7,15}):([1-9][0-9]{0,4})$/.exec(target);
+    const refuse = (why: string): never => {
+      throw new AgentRefusal(403, `target: ${why}, found ${JSON.stringify(target)}`);
+    };
+    if (!this.o.tls) refuse(`this agent serves on this machine only; it migrates to unix:<cluster dir>/host-<n>/vms/${name}/migrate.sock`);
+    if (!m || !isHostAddress(m[1]) || Number(m[2]) > 65535) refuse("expected tcp:<IPv4 address of a host of this cluster>:<port>");
+    if (m![1] === this.o.hostAddress) refuse("a host never migrates to itself over TCP");
+    const { AgentClient } = require("./client") as typeof import("./client");
+    const peer = new AgentClient(`https://${m![1]}:${this.o.tls!.port}`, this.o.tls!.token, { ca: clusterCaOf(this.o.tls!) });
+    let there: VmView | undefined;
+    try {
+      there = await peer.getVm(name);
+    } catch (err) {
+      refuse(`the agent of ${m![1]} could not confirm it waits for ${name} (${(err as Error).message})`);
+    }
+    if (!there || there.observed.state !== "running" || there.observed.incoming !== target)
+      refuse(`the agent of ${m![1]} does not wait for ${name} there (it announces ${JSON.stringify(there?.observed.incoming ?? null)})`);
+  }
+
   /** Live-migrates the running VM to a target started by incoming(); once it has landed, the VM is forgotten here. A failed migration leaves it running here. */
-  migrate(name: string, target: string): Promise<{ totalMs: number; downtimeMs: number }> {
-    this.checkTarget(name, target);
+  async migrate(name: string, target: string): Promise<{ totalMs: number; downtimeMs: number }> {
+    if (target.startsWith("tcp:")) await this.checkRemoteTarget(name, target);
+    else this.checkTarget(name, target);
     return this.serial(name, async () => {
       const e = this.vms.get(name);
       if (!e) throw new AgentRefusal(404, `not found: no VM named ${name}`);
@@ -537,6 +720,7 @@ export class Agent {
     try {
       const ops = await this.driver(e.spec.hypervisor);
       e.stopping = true;
+      this.accounting.sample(e.name);
       await ops.destroy(e.name).catch((err: Error) => errors.push(err.message));
       if (e.run && !(await this.isRunning(e))) e.run = undefined;
     } catch (err) {
@@ -547,6 +731,7 @@ export class Agent {
       this.persist();
       throw new AgentRefusal(500, `VM ${e.name}: not removed completely: ${errors.join("; ")}`);
     }
+    this.accounting.ended(e.name, new Date().toISOString());
     this.vms.delete(e.name);
     fs.rmSync(path.join(this.vmsDir, e.name), { recursive: true, force: true });
     this.persist();
@@ -569,6 +754,33 @@ export class Agent {
     if (failed.length) throw new AgentRefusal(500, failed.join("; "));
   }
 
+  /**
+   * Powers every VM off through its driver (a clean stop: the guest is asked
+   * first, within its stopGraceSeconds, then the driver's own forced stop) and
+   * removes it: for an agent whose allocation ends under it (--on-term
+   * stop-vms, e.g. scancel of its Slurm job). All tried, failures reported together.
+   */
+  async powerOffAll(): Promise<void> {
+    const results = await Promise.allSettled(
+      [...this.vms.keys()].map((n) =>
+        this.serial(n, async () => {
+          const e = this.vms.get(n);
+          if (!e) return;
+          if (await this.isRunning(e)) await this.stop(e);
+          await this.remove(e);
+        }),
+      ),
+    );
+    this.close();
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => (r.reason as Error).message);
+    if (failed.length) throw new AgentRefusal(500, failed.join("; "));
+  }
+
+  /** Every VM's spec and state, as replicated to the agents that watch this one (a recovery restarts them from it). */
+  replica(): { version: number; vms: { name: string; spec: VmSpec; state: VmObserved["state"] }[] } {
+    return { version: this.version, vms: [...this.vms.values()].map((e) => ({ name: e.name, spec: e.spec, state: e.observed.state })) };
+  }
+
   get(name: string): Promise<VmView | undefined> {
     const e = this.vms.get(name);
     return e ? this.view(e) : Promise.resolve(undefined);
@@ -580,7 +792,8 @@ export class Agent {
 
   /** Every driver writes a VM's serial console to console.log in the VM's directory (driver.ts OpenOptions). */
   private consoleText(e: Entry): string {
-    return readTail(path.join(this.vmsDir, e.name, "console.log"));
+    const before = readTail(path.join(this.vmsDir, e.name, RESTORED_CONSOLE));
+    return before + readTail(path.join(this.vmsDir, e.name, "console.log"));
   }
 
   private job(e: Entry): JobResult {

@@ -10,6 +10,9 @@
 //   DELETE /v1/vms/{name}            stop the VM and forget it
 //   POST   /v1/vms/{name}/incoming   start QEMU waiting for a live migration (body: VmSpec)
 //   POST   /v1/vms/{name}/migrate    migrate the running VM to {target} and forget it here
+//   POST   /v1/vms/{name}/checkpoint save the running VM to a checkpoint of the host's store → { checkpoint } (agent/checkpoint.ts)
+//   GET    /v1/checkpoints           the checkpoints of the host's store
+//   GET    /v1/accounting            CPU, memory and wall time per VM, on this host (agent/accounting.ts)
 //   POST   /v1/shutdown              stop every VM, then the agent exits
 //
 // Every other /v1 request needs "Authorization: Bearer <token>": missing or
@@ -58,9 +61,15 @@ export interface VmSpec {
   stopGraceSeconds: number;
   /** Whether the guest ends itself after its job; lets the agent tell a clean power-off from a crash when it only sees the process vanish. */
   afterJob?: "stay-up" | "power-off";
+  /** Desired run state of a started VM (default running): paused stops its vCPUs in place (DriverOps.pause), running resumes them. */
+  state?: "running" | "paused";
+  /** "checkpoint:<64 hex>": a start restores this checkpoint of the host's store (agent/checkpoint.ts) instead of booting. */
+  restoreFrom?: string;
 }
 
-export type VmState = "starting" | "running" | "exited" | "failed" | "stopped";
+export const CHECKPOINT_REF = /^checkpoint:([0-9a-f]{64})$/;
+
+export type VmState = "starting" | "running" | "paused" | "exited" | "failed" | "stopped";
 
 export interface JobResult {
   state: "waiting" | "done";
@@ -96,7 +105,7 @@ export interface VmView {
 export function checkVmSpec(body: unknown): string | undefined {
   if (typeof body !== "object" || body === null || Array.isArray(body)) return "body: expected a JSON object";
   const b = body as Record<string, unknown>;
-  const allowed = ["hypervisor", "config", "markers", "stopGraceSeconds", "afterJob"];
+  const allowed = ["hypervisor", "config", "markers", "stopGraceSeconds", "afterJob", "state", "restoreFrom"];
   const extra = Object.keys(b).filter((k) => !allowed.includes(k));
   if (extra.length) return `${extra[0]}: unknown field; expected one of ${allowed.join(", ")}`;
   if (typeof b.hypervisor !== "string" || !AGENT_HYPERVISORS.includes(b.hypervisor)) {
@@ -122,5 +131,10 @@ export function checkVmSpec(body: unknown): string | undefined {
   }
   if (b.afterJob !== undefined && b.afterJob !== "stay-up" && b.afterJob !== "power-off")
     return `afterJob: expected "stay-up" or "power-off", found ${JSON.stringify(b.afterJob)}`;
+  if (b.state !== undefined && b.state !== "running" && b.state !== "paused") return `state: expected "running" or "paused", found ${JSON.stringify(b.state)}`;
+  if (b.restoreFrom !== undefined && (typeof b.restoreFrom !== "string" || !CHECKPOINT_REF.test(b.restoreFrom)))
+    return `restoreFrom: expected "checkpoint:<64 hex digits>", found ${JSON.stringify(b.restoreFrom).slice(0, 100)}`;
+  if (b.restoreFrom !== undefined && b.hypervisor !== "qemu")
+    return `restoreFrom: checkpoints are restored by "qemu" only, found ${JSON.stringify(b.hypervisor)}`;
   return undefined;
 }

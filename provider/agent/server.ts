@@ -3,6 +3,9 @@ import * as http from "http";
 import * as https from "https";
 import type { SitePolicy } from "../model/types.generated";
 import { Agent } from "./agent";
+import { lifecycleRoute } from "./checkpoint";
+import type { StagingService } from "./staging";
+import { treeRoute } from "./tree";
 import { AgentRefusal, checkVmSpec, controlCharacter, TOKEN_PATTERN, VM_NAME_PATTERN, VmSpec } from "./protocol";
 
 export const MAX_BODY_BYTES = 256 * 1024;
@@ -22,6 +25,12 @@ export interface ServerOptions {
   clusterKey: string;
   policy: () => { doc: SitePolicy; source: string };
   onShutdown: () => void;
+  /** Image staging (staging.ts): the /v1/staging/ routes, with their own body limits. */
+  staging?: StagingService;
+  /** The /v1/cluster/ routes (failure detection and recovery, agent/heartbeat.ts), when the agent has a membership. */
+  cluster?: (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => Promise<[number, unknown]>;
+  /** An agent launched over the bootstrap tree (agent/tree.ts): what GET /v1/tree answers. */
+  tree?: () => unknown;
 }
 
 function sha(text: string): Buffer {
@@ -118,7 +127,7 @@ function limit<S extends http.Server>(server: S): S {
 }
 
 function requestListener(agent: Agent, o: ServerOptions): http.RequestListener {
-  const handle = async (req: http.IncomingMessage): Promise<[number, unknown]> => {
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<[number, unknown]> => {
     const raw = req.url ?? "/";
     if (raw.length > 512 || controlCharacter(decodeURIComponentSafe(raw))) throw new AgentRefusal(400, "url: expected at most 512 printable characters");
     const url = new URL(raw, "http://agent");
@@ -133,11 +142,16 @@ function requestListener(agent: Agent, o: ServerOptions): http.RequestListener {
     }
     if (!url.pathname.startsWith("/v1/")) throw new AgentRefusal(404, `no such endpoint ${url.pathname}`);
     authenticate(req.headers.authorization, o.token, o.clusterKey);
+    if (url.pathname.startsWith("/v1/staging/") && o.staging) return o.staging.handle(req, url.pathname);
+    if (url.pathname.startsWith("/v1/cluster/") && o.cluster) return o.cluster(req, res, url);
+    if (url.pathname === "/v1/tree") return treeRoute(o.tree, req.method);
 
     if (url.pathname === "/v1/vms") {
       allow(req, "GET", url.pathname);
       return [200, { vms: await agent.list() }];
     }
+    const lifecycle = await lifecycleRoute(agent, req, url, () => readBody(req));
+    if (lifecycle) return lifecycle;
     if (url.pathname === "/v1/shutdown") {
       allow(req, "POST", url.pathname);
       await agent.shutdown();
@@ -182,7 +196,7 @@ function requestListener(agent: Agent, o: ServerOptions): http.RequestListener {
   };
 
   return (req, res) => {
-    handle(req).then(
+    handle(req, res).then(
       ([status, body]) => send(res, status, body),
       (err: unknown) => {
         const status = err instanceof AgentRefusal ? err.status : 500;

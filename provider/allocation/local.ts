@@ -183,3 +183,32 @@ export async function stopAgent(a: AgentRecord, clusterKey: string, client: Agen
   if (errors.length) throw new Error(`could not stop everything of ${label} (state kept in ${a.stateDir}): ${errors.join("; ")}`);
   fs.rmSync(a.stateDir, { recursive: true, force: true });
 }
+
+/** The `local` manager: one agent per host on this machine, each on the unix socket of its private state directory. */
+export const localAllocator: import("./allocator").Allocator = {
+  async allocate(req) {
+    const { allOrReport } = require("./allocator") as typeof import("./allocator");
+    const hosts = Array.from({ length: req.allocation.hosts }, (_, h) => h);
+    // In parallel: the agents are independent, and each takes a node start (~0.2 s) to answer.
+    const started = await Promise.allSettled(hosts.map((h) => startLocalAgent(path.join(req.clusterDir, `host-${h}`), req.launch, h)));
+    const agents = started.filter((r): r is PromiseFulfilledResult<AgentRecord> => r.status === "fulfilled").map((r) => r.value);
+    const failed = started.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed.length) {
+      // Leave nothing behind from a half-made cluster.
+      await allOrReport(agents, (a) => stopLocalAgent(a, req.launch)).catch(() => undefined);
+      fs.rmSync(req.clusterDir, { recursive: true, force: true });
+      throw new Error(failed.map((r) => (r.reason as Error).message).join("\n"));
+    }
+    return { agents: agents.sort((a, b) => a.host - b.host), ca: null, info: {} };
+  },
+  healthy: (req, _state, a) => agentHealthy(a, req.launch.token),
+  async restartAgent(req, _state, a) {
+    await terminateLocalAgent(a);
+    return startLocalAgent(a.stateDir, req.launch, a.host);
+  },
+  async release(req, state) {
+    const { allOrReport } = require("./allocator") as typeof import("./allocator");
+    await allOrReport(state.agents, (a) => stopLocalAgent(a, req.launch));
+    fs.rmSync(req.clusterDir, { recursive: true, force: true });
+  },
+};

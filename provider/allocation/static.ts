@@ -10,6 +10,9 @@
 // directly (the address must then be one of this machine's). Remote launchers
 // (SSH, Slurm) come with the resource-manager issue; the state directory, CA
 // and certificate files are then what has to be staged to the host.
+// A cluster's agents are started over the k-ary bootstrap tree (agent/tree.ts,
+// allocation.fanout): the controller starts host 0's agent, every agent its
+// children, each with launchCommand (allocation/launcher.ts).
 import * as fs from "fs";
 import * as path from "path";
 import { AgentClient } from "../agent/client";
@@ -17,12 +20,19 @@ import { readJson } from "../agent/state";
 import { AGENT_MAIN, AgentLaunch, AgentRecord, isAgentProcess, stopAgent } from "./local";
 import { netnsExec } from "./netns";
 import { checkListenAddress, ClusterCa, ensureClusterCa, issueServerCert } from "./tls";
+import { bootstrapTree, HostCredentials, TreeTimers } from "../agent/tree";
 
 /** One declared host: its address, and for namespace hosts the namespace to start its agent in. */
 export interface StaticHost {
   address: string;
   /** A namespace host (vse-<tag>-h<n>): the agent runs under `ip netns exec`. */
   netns?: string;
+  /**
+   * The agent gets an image store of its own, <stateDir>/images, filled by
+   * staging (allocation/staging.ts stageImage), instead of this machine's
+   * (launch.imageStore, which namespace hosts could otherwise share).
+   */
+  ownImageStore?: boolean;
 }
 
 /** A static host's agent: url is https://<address>:<port>; localUrl its unix socket on the host. */
@@ -77,6 +87,27 @@ export async function startStaticAgent(
   h: StaticHost,
   port = DEFAULT_AGENT_PORT,
 ): Promise<StaticAgentRecord> {
+  return startTlsAgent(stateDir, launch, ca.cert, host, h, port, (tlsDir) => issueServerCert(ca, h.address, tlsDir));
+}
+
+/**
+ * What starting any agent that serves over TLS takes, wherever its certificate
+ * comes from (certify writes it into the given directory): check the host and
+ * port, refuse a state directory another live agent holds, write the token,
+ * start the agent detached (in the host's namespace if it has one) and wait
+ * until it answers on https://<address>:<port> with caPem pinned. Used on this
+ * machine for static hosts, and on the remote host itself for SSH hosts
+ * (allocation/ssh.ts), where the certificate arrives over the SSH connection.
+ */
+export async function startTlsAgent(
+  stateDir: string,
+  launch: AgentLaunch,
+  caPem: string,
+  host: number,
+  h: StaticHost,
+  port: number,
+  certify: (tlsDir: string) => Promise<{ certFile: string; keyFile: string }>,
+): Promise<StaticAgentRecord> {
   const execa = require("execa") as typeof import("execa");
   const { writeFileAtomic } = require("../agent/state") as typeof import("../agent/state");
   checkHosts([h]);
@@ -89,9 +120,11 @@ export async function startStaticAgent(
     throw new Error(`node agent for host ${host} (${h.address}): another agent (pid ${live.pid}) holds ${stateDir}`);
   const tokenFile = path.join(stateDir, "token");
   writeFileAtomic(tokenFile, launch.token, 0o600);
-  const cert = await issueServerCert(ca, h.address, path.join(stateDir, "tls"));
+  const cert = await certify(path.join(stateDir, "tls"));
   const argv = [process.execPath, AGENT_MAIN, "--state-dir", stateDir, "--token-file", tokenFile, "--cluster-key", launch.clusterKey];
-  argv.push("--image-store", launch.imageStore, "--listen", `${h.address}:${port}`, "--tls-cert", cert.certFile, "--tls-key", cert.keyFile);
+  const imageStore = h.ownImageStore ? path.join(stateDir, "images") : launch.imageStore;
+  if (h.ownImageStore) fs.mkdirSync(imageStore, { recursive: true, mode: 0o755 });
+  argv.push("--image-store", imageStore, "--listen", `${h.address}:${port}`, "--tls-cert", cert.certFile, "--tls-key", cert.keyFile);
   if (launch.policyFile) argv.push("--policy", launch.policyFile);
   const cmd = h.netns ? netnsExec(h.netns, argv) : { file: argv[0], args: argv.slice(1) };
   const logFd = fs.openSync(path.join(stateDir, "agent.log"), "a");
@@ -112,7 +145,7 @@ export async function startStaticAgent(
     const info = readJson<{ pid: number; url: string; tlsUrl?: string }>(infoFile);
     if (info && info.pid === child.pid && info.tlsUrl === url) {
       try {
-        const health = await staticClient({ url }, launch.token, ca.cert).health();
+        const health = await staticClient({ url }, launch.token, caPem).health();
         if (health.pid === child.pid) {
           child.unref();
           return { host, url, pid: info.pid, stateDir, address: h.address, port, ...(h.netns ? { netns: h.netns } : {}), localUrl: info.url };
@@ -133,32 +166,133 @@ export async function startStaticAgent(
   throw new Error(`node agent for host ${host} (${h.address}) did not start (state ${stateDir})${lastError ? `: ${lastError}` : ""}:\n${logTail}`);
 }
 
+// Certificates: the controller issues every host's certificate and key (with
+// the CA key, which never leaves <clusterDir>/ca) before the bootstrap, and
+// each agent hands its children only their subtree's credentials over the
+// link. The other way, the CA key travelling down the tree, would let any
+// interior host mint a certificate for any address of the cluster and
+// impersonate a host it does not own, and a leaked key would outlive the
+// cluster's hosts; here an interior host sees only the keys of hosts it
+// launches itself, holding the cluster's token anyway, so it gains nothing it
+// could not already do. Issuing is O(n) openssl runs on the controller, but
+// done once per cluster (kept in <clusterDir>/ca/hosts/) and not on the
+// bootstrap's critical path.
+/** Every host's certificate and key for its address (issued once, kept under <clusterDir>/ca/hosts/<address>/). */
+export async function issueHostCredentials(ca: ClusterCa, clusterDir: string, addresses: string[]): Promise<Record<string, HostCredentials>> {
+  const unique = [...new Set(addresses)];
+  const out: Record<string, HostCredentials> = {};
+  let next = 0;
+  const worker = async () => {
+    while (next < unique.length) {
+      const address = unique[next++];
+      checkListenAddress(address);
+      const dir = path.join(clusterDir, "ca", "hosts", address);
+      const certFile = path.join(dir, "agent.pem");
+      const keyFile = path.join(dir, "agent.key");
+      if (!fs.existsSync(certFile) || !fs.existsSync(keyFile)) await issueServerCert(ca, address, dir);
+      out[address] = { cert: fs.readFileSync(certFile, "utf8"), key: fs.readFileSync(keyFile, "utf8") };
+    }
+  };
+  await Promise.all(Array.from({ length: 4 }, worker));
+  return out;
+}
+
+/** The pids of agent processes (argv: AGENT_MAIN … --state-dir <clusterDir>/…) on this machine: a failed bootstrap's backstop. */
+export function clusterAgentPids(clusterDir: string, main = AGENT_MAIN): number[] {
+  const pids: number[] = [];
+  for (const e of fs.readdirSync("/proc")) {
+    if (!/^[0-9]+$/.test(e)) continue;
+    try {
+      const argv = fs.readFileSync(`/proc/${e}/cmdline`, "utf8").split("\0");
+      const dir = argv[argv.indexOf("--state-dir") + 1];
+      if (argv.includes(main) && argv.includes("--state-dir") && dir.startsWith(`${clusterDir}/`)) pids.push(Number(e));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+/** Kills whatever agent process of the cluster is still on this machine and waits until none is left. */
+export async function killClusterAgents(clusterDir: string, main = AGENT_MAIN): Promise<number[]> {
+  const killed = new Set<number>();
+  for (let round = 0; round < 200; round++) {
+    const pids = clusterAgentPids(clusterDir, main).filter((pid) => {
+      try {
+        return !/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
+      } catch {
+        return false;
+      }
+    });
+    if (!pids.length) return [...killed];
+    for (const pid of pids) {
+      killed.add(pid);
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    await sleep(50);
+  }
+  throw new Error(`agents of ${clusterDir} would not end: ${clusterAgentPids(clusterDir, main).join(", ")}`);
+}
+
 /**
- * Starts the agents of every declared host (the cluster's CA first, made
- * here if new). All or nothing: when one fails, those started are stopped
- * and their state removed before the error is thrown.
+ * Starts the agents of every declared host over the k-ary bootstrap tree
+ * (agent/tree.ts; k = fanout): the cluster's CA first (made here if new) and
+ * every host's certificate, then host 0's agent with the whole host list;
+ * each agent launches its children. All or nothing: when a host fails, the
+ * tree ends itself, whatever agent process of the cluster is still here is
+ * killed, the cluster's directory is removed, and the error names the host.
  */
 export async function startStaticCluster(
   clusterDir: string,
   launch: AgentLaunch,
   hosts: StaticHost[],
   port = DEFAULT_AGENT_PORT,
+  opts: { fanout?: number; timers?: Partial<TreeTimers> } = {},
 ): Promise<{ ca: ClusterCa; agents: StaticAgentRecord[] }> {
   checkHosts(hosts);
+  const fanout = opts.fanout ?? 2;
+  if (!Number.isInteger(fanout) || fanout < 1 || fanout > 64) throw new Error(`allocation.fanout: expected an integer 1 to 64, found ${fanout}`);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`port: expected 1 to 65535, found ${port}`);
   const ca = await clusterCa(clusterDir, launch.clusterKey);
-  const agents: StaticAgentRecord[] = [];
   try {
-    // In parallel: each host's agent is independent (the bootstrap tree of issue 9 replaces this).
-    const results = await Promise.allSettled(hosts.map((h, i) => startStaticAgent(path.join(clusterDir, `host-${i}`), launch, ca, i, h, port)));
-    for (const r of results) if (r.status === "fulfilled") agents.push(r.value);
-    const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
-    if (failed.length) throw new Error(failed.map((r) => (r.reason as Error).message).join("\n"));
+    const certs = await issueHostCredentials(
+      ca,
+      clusterDir,
+      hosts.map((h) => h.address),
+    );
+    const boot = await bootstrapTree({
+      clusterDir,
+      hosts: hosts.map((h) => ({ address: h.address, port, ...(h.netns ? { netns: h.netns } : {}), ...(h.ownImageStore ? { ownImageStore: true } : {}) })),
+      fanout,
+      token: launch.token,
+      clusterKey: launch.clusterKey,
+      caPem: ca.cert,
+      certs,
+      imageStore: launch.imageStore,
+      ...(launch.policyFile ? { policyFile: launch.policyFile } : {}),
+      ...(opts.timers ? { timers: opts.timers } : {}),
+    });
+    boot.commit();
+    const agents = boot.agents.map((a): StaticAgentRecord => ({
+      host: a.host,
+      url: a.url,
+      pid: a.pid,
+      stateDir: a.stateDir,
+      address: a.address,
+      port: a.port,
+      ...(a.netns ? { netns: a.netns } : {}),
+      localUrl: a.localUrl,
+    }));
+    return { ca, agents };
   } catch (err) {
-    await Promise.allSettled(agents.map((a) => stopStaticAgent(a, launch, ca.cert)));
+    await killClusterAgents(clusterDir).catch(() => undefined);
     fs.rmSync(clusterDir, { recursive: true, force: true });
-    throw err;
+    throw new Error(`bootstrap of ${hosts.length} hosts (fanout ${fanout}) failed: ${(err as Error).message}`);
   }
-  return { ca, agents };
 }
 
 /**
@@ -178,3 +312,38 @@ export async function stopStaticCluster(clusterDir: string, agents: StaticAgentR
   if (failed.length) throw new Error(failed.join("\n"));
   fs.rmSync(clusterDir, { recursive: true, force: true });
 }
+
+function declaredHosts(req: import("./allocator").AllocationRequest): StaticHost[] {
+  const list = req.allocation.hostList;
+  if (!list) throw new Error(`cluster ${req.clusterName}: allocation.hosts: manager static needs the list of declared hosts`);
+  // Each declared host keeps its own image store: the cluster's images are staged into it down the tree.
+  return list.map((h) => ({ address: h.address, ...(h.netns ? { netns: h.netns } : {}), ownImageStore: true }));
+}
+
+/** The `static` manager: hosts declared by address, each agent serving HTTPS there with the cluster CA's certificate. */
+export const staticAllocator: import("./allocator").Allocator = {
+  async allocate(req) {
+    const { ca, agents } = await startStaticCluster(req.clusterDir, req.launch, declaredHosts(req), req.allocation.port ?? DEFAULT_AGENT_PORT, {
+      fanout: req.allocation.fanout ?? 2,
+    });
+    return { agents, ca: ca.cert, info: { hosts: agents.map((a) => (a as StaticAgentRecord).address).join(",") } };
+  },
+  async healthy(req, state, a) {
+    try {
+      const h = await staticClient(a, req.launch.token, state.ca!).health();
+      // Agents started on this machine (namespace hosts share its pids) must also be the process recorded.
+      return h.ok === true && isAgentProcess(h.pid, a.stateDir);
+    } catch {
+      return false;
+    }
+  },
+  async restartAgent(req, _state, a) {
+    const { terminateLocalAgent } = require("./local") as typeof import("./local");
+    await terminateLocalAgent(a);
+    const ca = await clusterCa(req.clusterDir, req.clusterKey);
+    return startStaticAgent(a.stateDir, req.launch, ca, a.host, declaredHosts(req)[a.host], req.allocation.port ?? DEFAULT_AGENT_PORT);
+  },
+  async release(req, state) {
+    await stopStaticCluster(req.clusterDir, state.agents as StaticAgentRecord[], req.launch, state.ca!);
+  },
+};

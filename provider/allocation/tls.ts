@@ -3,7 +3,8 @@
 // cluster (an EC P-256 key from node's crypto, a self-signed certificate from
 // `openssl req`), kept in <clusterDir>/ca/ (0700, key 0600) and never sent to
 // a host. Each agent host gets a server certificate signed by it whose only
-// name is the host's IP address (subjectAltName IP:<address>, serverAuth),
+// name is the host's IP address (subjectAltName IP:<address>, serverAuth, and
+// clientAuth for the live migrations its QEMU sends to other hosts),
 // with a key of its own. Clients pin the CA (AgentClient's `ca` option): only
 // a certificate of this cluster's CA for the very address they dial is
 // accepted, before the token is sent. openssl runs through execa argument
@@ -116,7 +117,7 @@ function serial(): string {
 
 /**
  * A server certificate for one agent host, signed by the cluster's CA: its
- * only name is the address (IP SAN), serverAuth only. Written to
+ * only name is the address (IP SAN), serverAuth and clientAuth. Written to
  * outDir/agent.pem (the certificate, then the CA's) and outDir/agent.key (0600).
  */
 export async function issueServerCert(ca: ClusterCa, address: string, outDir: string, days = 825): Promise<ServerCert> {
@@ -136,8 +137,10 @@ export async function issueServerCert(ca: ClusterCa, address: string, outDir: st
       [
         "[ext]",
         "basicConstraints = critical,CA:FALSE",
-        "keyUsage = critical,digitalSignature",
-        "extendedKeyUsage = serverAuth",
+        // keyEncipherment too: QEMU's tls-creds-x509 refuses a critical keyUsage without it. clientAuth: the same
+        // certificate is the host's client one when its QEMU sends a live migration (verify-peer on the target).
+        "keyUsage = critical,digitalSignature,keyEncipherment",
+        "extendedKeyUsage = serverAuth,clientAuth",
         `subjectAltName = critical,IP:${address}`,
         "subjectKeyIdentifier = hash",
         "authorityKeyIdentifier = keyid",

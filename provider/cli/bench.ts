@@ -8,6 +8,10 @@
 //         the snapshot the first VM left), to its job's output, beside bare cold boots in the same run;
 //  model: validate + render throughput of the model (provider/bench/model-throughput.ts);
 //  control-plane: 1,000 stand-in VMs with the real engine (provider/bench/control-plane.ts);
+//  staging: one image to 16 bandwidth-capped namespace hosts, tree/chain/central (provider/bench/staging.ts);
+//  detection: failure detection at N = 1,024 heartbeat agents over namespace hosts (provider/bench/failure-detection.ts);
+//  bootstrap: k-ary tree versus flat bootstrap of N = 16 … 1,024 agents over namespace hosts (provider/bench/bootstrap.ts);
+//  seed003: seed 003's figure 4, VM job launch time through Slurm, 1 … 16 jobs × 1, 2, 4 VMs per slot, busybox vs Debian (provider/bench/seed003.ts);
 // and writes the medians, the machine and the command to bench/results/latest.{json,md} and the
 // README's benchmark section. With --only, the other sections are kept from the previous results (each carries its date).
 import * as fs from "fs";
@@ -22,6 +26,10 @@ import { engineEnv, openStack, PROJECT_ROOT } from "./engine";
 import { breakdown, Breakdown, timed } from "../bench/engine-timeline";
 import { CONTROL_PLANE_TARGETS, controlPlane, controlPlaneFloor, ControlPlaneResult, FloorResult } from "../bench/control-plane";
 import { modelThroughput } from "../bench/model-throughput";
+import { stagingBench, StagingBenchResult, stagingMarkdown } from "../bench/staging";
+import { DetectionResult, detectionMarkdown, failureDetection } from "../bench/failure-detection";
+import { bootstrapBench, bootstrapMarkdown, BootstrapResult } from "../bench/bootstrap";
+import { seed003, seed003Markdown, Seed003Result } from "../bench/seed003";
 import { DEFAULT_CACHE_DIR, resolveAccel } from "../program/plan";
 
 const execa = require("execa") as typeof import("execa");
@@ -135,7 +143,7 @@ function machine(): Record<string, string | number> {
   };
 }
 
-const SECTIONS = ["boot", "warm", "model", "control-plane"] as const;
+const SECTIONS = ["boot", "warm", "model", "control-plane", "detection", "bootstrap", "seed003", "staging"] as const;
 type Section = (typeof SECTIONS)[number];
 
 function sectionsFromArgs(argv: string[]): Section[] {
@@ -292,6 +300,10 @@ type Results = {
   warm?: WarmResult;
   model?: Awaited<ReturnType<typeof modelThroughput>> & { date: string };
   controlPlane?: ControlPlaneResult & { date: string; floor: FloorResult };
+  detection?: DetectionResult & { date: string };
+  bootstrap?: BootstrapResult & { date: string };
+  seed003?: Seed003Result;
+  staging?: StagingBenchResult & { date: string };
 };
 type BootResult = Awaited<ReturnType<typeof bootSection>>;
 
@@ -403,7 +415,7 @@ async function main(): Promise<void> {
   try {
     const p = JSON.parse(fs.readFileSync(file, "utf8"));
     // Results of the layout before sections: nothing of it is kept.
-    if (p.boot || p.controlPlane || p.model?.date) previous = p;
+    if (p.boot || p.controlPlane || p.model?.date || p.detection || p.bootstrap || p.staging) previous = p;
   } catch {
     // no previous results
   }
@@ -412,6 +424,8 @@ async function main(): Promise<void> {
     // `npm run bench` runs scripts/setup.sh first, then this file; say which way it was started.
     const command = process.env.npm_lifecycle_event === "bench" ? `npm run bench${only ? ` --${only}` : ""}` : `node dist/provider/cli/bench.js${only}`;
     const results: Results = {
+      // Sections this file does not know (other parts' results) are kept as they were.
+      ...previous,
       date: new Date().toISOString(),
       command,
       machine: machine(),
@@ -419,6 +433,10 @@ async function main(): Promise<void> {
       warm: previous.warm,
       model: previous.model,
       controlPlane: previous.controlPlane,
+      detection: previous.detection,
+      bootstrap: previous.bootstrap,
+      seed003: previous.seed003,
+      staging: previous.staging,
     };
     if (sections.includes("boot")) results.boot = await bootSection(tmp);
     if (sections.includes("warm")) results.warm = await warmSection(tmp);
@@ -431,6 +449,29 @@ async function main(): Promise<void> {
       const cp = await controlPlane(tmp);
       results.controlPlane = { date, ...cp, floor: await controlPlaneFloor(tmp) };
     }
+    if (sections.includes("detection")) results.detection = { date: new Date().toISOString(), ...(await failureDetection(tmp)) };
+    if (sections.includes("bootstrap")) results.bootstrap = { date: new Date().toISOString(), ...(await bootstrapBench(tmp)) };
+    if (sections.includes("seed003")) {
+      // The grid can be reduced for a quick look: VSE_BENCH_SEED003_{JOBS,VMS,IMAGES} (comma-separated), VSE_BENCH_SEED003_RUNS, _BUDGET_MIN.
+      const list = (v: string | undefined) => v?.split(",").map((x) => x.trim());
+      results.seed003 = await seed003(tmp, {
+        jobs: list(process.env.VSE_BENCH_SEED003_JOBS)?.map(Number),
+        vmsPerSlot: list(process.env.VSE_BENCH_SEED003_VMS)?.map(Number),
+        images: list(process.env.VSE_BENCH_SEED003_IMAGES) as ("stripped" | "full")[] | undefined,
+        runs: process.env.VSE_BENCH_SEED003_RUNS ? Number(process.env.VSE_BENCH_SEED003_RUNS) : undefined,
+        budgetMinutes: process.env.VSE_BENCH_SEED003_BUDGET_MIN ? Number(process.env.VSE_BENCH_SEED003_BUDGET_MIN) : undefined,
+        png: path.join(PROJECT_ROOT, "bench", "results", "seed003-launch.png"),
+      });
+    }
+    if (sections.includes("staging")) results.staging = { date: new Date().toISOString(), ...(await stagingBench(tmp)) };
+    // Other bench runs may have written meanwhile: their sections are taken as the file has them now, not as it was when this run began.
+    try {
+      const now = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>;
+      const ran = new Set<string>(sections.map((x) => x.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())));
+      for (const [k, v] of Object.entries(now)) if (!["date", "command", "machine"].includes(k) && !ran.has(k)) (results as Record<string, unknown>)[k] = v;
+    } catch {
+      // no results file yet
+    }
     const m = results.machine;
     const md = [
       `Measured with \`${command}\` on ${m.cpu} (${m.cores} cores, ${m.memoryGiB} GiB, load average ${m.loadAverageAtStart} at the start), ${m.qemu}; sections not run by this command keep the date they were measured.`,
@@ -438,6 +479,10 @@ async function main(): Promise<void> {
       ...(results.boot ? bootMarkdown(results.boot) : []),
       ...(results.warm ? warmMarkdown(results.warm) : []),
       ...(results.controlPlane ? controlPlaneMarkdown(results.controlPlane) : []),
+      ...(results.detection ? detectionMarkdown(results.detection) : []),
+      ...(results.bootstrap ? bootstrapMarkdown(results.bootstrap) : []),
+      ...(results.staging ? stagingMarkdown(results.staging) : []),
+      ...(results.seed003 ? seed003Markdown(results.seed003, "bench/results/seed003-launch.png") : []),
       ...(results.model
         ? [
             `**Model**: validate + render of ${results.model.vms} VMs: ${Math.round(results.model.configsPerSecond)} configs/s (${String(results.model.date ?? results.date).slice(0, 10)}).`,

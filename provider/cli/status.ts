@@ -63,7 +63,14 @@ export interface DeploymentResource {
 
 /** What the stack's state says: per cluster its agents and token, and its VMs' recorded outputs. */
 export interface StackState {
-  clusters: { name: string; clusterKey: string | null; token: string | null; agents: { host: number; url: string; pid: number | null; stateDir: string }[] }[];
+  clusters: {
+    name: string;
+    clusterKey: string | null;
+    token: string | null;
+    /** The cluster CA's certificate when its agents serve HTTPS. */
+    ca?: string | null;
+    agents: { host: number; url: string; pid: number | null; stateDir: string }[];
+  }[];
   vms: { name: string; cluster: string; host: number | null; hypervisor: string; launch: string; status: string | null }[];
 }
 
@@ -108,6 +115,7 @@ export function stackStateOf(resources: DeploymentResource[]): StackState {
         name: String(o.name ?? r.urn.split("::").pop()),
         clusterKey: typeof o.clusterKey === "string" ? o.clusterKey : null,
         token: typeof token === "string" ? token : null,
+        ca: typeof o.ca === "string" ? o.ca : null,
         agents,
       });
     } else if (kind === "VirtualMachine") {
@@ -134,11 +142,11 @@ function readToken(stateDir: string | undefined): string | undefined {
 }
 
 /** Asks an agent for its VMs: the views, or why it did not answer. */
-export type AskAgent = (url: string, token: string) => Promise<VmView[]>;
+export type AskAgent = (url: string, token: string, ca?: string | null) => Promise<VmView[]>;
 
-export const askAgent: AskAgent = async (url, token) => {
-  const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
-  const res = await new AgentClient(url, token).request<{ vms: VmView[] }>("GET", "/v1/vms", undefined, 3000);
+export const askAgent: AskAgent = async (url, token, ca) => {
+  const { agentClient } = require("../allocation/allocator") as typeof import("../allocation/allocator");
+  const res = await agentClient(url, token, ca).request<{ vms: VmView[] }>("GET", "/v1/vms", undefined, 3000);
   return res.vms;
 };
 
@@ -150,7 +158,7 @@ export async function liveStatus(stack: string, state: StackState, ask: AskAgent
       c.agents.map(async (a) => {
         if (!c.token) return { a, error: "no token for this cluster in the stack's state" };
         try {
-          return { a, views: await ask(a.url, c.token) };
+          return { a, views: await ask(a.url, c.token, c.ca) };
         } catch (err) {
           return { a, error: (err as Error).message };
         }

@@ -29,6 +29,10 @@ const USAGE = `usage:
   vse plan --base <git-ref> [<paths…>] [--format text|markdown|json] [--cache-dir <dir>] [--accel-auto tcg|kvm] [--stack <name>] [site policy options]
   vse status [--stack <name>] [--format text|json] [--watch] [--cwd <project dir>]
   vse warm <paths…> [--cache-dir <dir>] [--stack <name>]   make warm-launch snapshots ahead of time
+  vse accounting [--stack <name>] [--format table|json|csv] [--cwd <project dir>]   CPU, memory and wall time per VM and host
+  vse checkpoint save <vm> | list | restore <checkpoint id> <vm> [--host <n>]  [--stack <name>] [--cwd <project dir>]
+  vse job submit <paths…> --cluster <name> --jobs N --vms-per-slot V [--partition P] [--json]
+                VM jobs through Slurm (seed 003): a job array of N slots, V VMs each; prints outputs and exit codes
 
   --accel-auto  what accel 'auto' resolves to, instead of a probe boot under KVM (offline use, CI)
   --hypervisor  render every profile for this hypervisor instead of its own (a what-if; policy still applies)
@@ -59,6 +63,7 @@ const VALUE_OPTIONS = [
   "--state-dir",
   "--cwd",
   "--watch",
+  "--host",
 ] as const;
 /** Options that take no value. */
 const FLAG_OPTIONS: readonly string[] = ["--watch"];
@@ -70,6 +75,8 @@ const OPTIONS_OF: Record<string, OptionName[]> = {
   plan: ["--base", "--format", "--cache-dir", "--accel-auto", "--stack", "--project", ...POLICY_OPTIONS],
   status: ["--stack", "--format", "--watch", "--cwd"],
   warm: ["--cache-dir", "--accel-auto", "--stack", "--project", ...POLICY_OPTIONS],
+  accounting: ["--stack", "--format", "--cwd"],
+  checkpoint: ["--stack", "--cwd", "--host"],
 };
 
 /** The site policy the agents enforce, so that validate, render and plan report what the agents would refuse. */
@@ -144,6 +151,8 @@ export async function main(argv: string[], io: Partial<CliIo> = {}): Promise<num
   const err = io.stderr ?? ((t: string) => void process.stderr.write(t));
   const cwd = io.cwd ?? process.cwd();
   const full: CliIo = { stdout: out, stderr: err, cwd, ...(io.env ? { env: io.env } : {}) };
+  // `vse job …` has options of its own (provider/job/submit.ts).
+  if (argv[0] === "job") return (require("../job/submit") as typeof import("../job/submit")).jobMain(argv.slice(1), full);
   try {
     const args = parseArgs(argv);
     if (args.help || !args.command) {
@@ -165,6 +174,10 @@ export async function main(argv: string[], io: Partial<CliIo> = {}): Promise<num
         return await status(args.positional, args.options, full);
       case "warm":
         return await warm(args.positional, args.options, full);
+      case "accounting":
+        return await accounting(args.positional, args.options, full);
+      case "checkpoint":
+        return await checkpoint(args.positional, args.options, full);
       default:
         throw new UsageError(`unknown command "${args.command}"`);
     }
@@ -532,5 +545,49 @@ async function warm(positional: string[], options: Map<OptionName, string>, io: 
   for (const r of results)
     io.stdout(`${r.cluster}: snapshot ${r.key.slice(0, 12)} ${r.state === "made" ? `made in ${r.seconds.toFixed(1)} s` : "already in the store"}\n`);
   if (!results.length) io.stdout("no cluster of a warm environment (Environment spec.warm) in these definitions\n");
+  return 0;
+}
+
+/** The stack to read and how (as for status): engine environment and Pulumi project directory. */
+function stackWhere(options: Map<OptionName, string>, io: CliIo): { stack: string; env: Record<string, string>; workDir: string } {
+  const { engineEnv, PROJECT_ROOT } = require("./engine") as typeof import("./engine");
+  const env = engineEnv({ backendUrl: io.env?.PULUMI_BACKEND_URL, passphrase: io.env?.PULUMI_CONFIG_PASSPHRASE });
+  const cwdOption = options.get("--cwd");
+  return { stack: options.get("--stack") ?? "local", env, workDir: cwdOption === undefined ? PROJECT_ROOT : path.resolve(io.cwd, cwdOption) };
+}
+
+async function accounting(positional: string[], options: Map<OptionName, string>, io: CliIo): Promise<number> {
+  if (positional.length) throw new UsageError(`accounting takes no paths, found "${positional[0]}"`);
+  const format = oneOf("--format", options.get("--format"), ["table", "json", "csv"] as const, "table");
+  const { runAccounting } = require("./accounting") as typeof import("./accounting");
+  return runAccounting({ ...stackWhere(options, io), format }, io.stdout);
+}
+
+async function checkpoint(positional: string[], options: Map<OptionName, string>, io: CliIo): Promise<number> {
+  const [sub, ...rest] = positional;
+  const want = { save: 1, list: 0, restore: 2 } as Record<string, number>;
+  if (sub === undefined || !(sub in want)) throw new UsageError(`checkpoint: expected save, list or restore, found ${JSON.stringify(sub ?? "")}`);
+  if (rest.length !== want[sub])
+    throw new UsageError(`checkpoint ${sub}: expected ${sub === "save" ? "<vm>" : sub === "restore" ? "<checkpoint id> <vm>" : "no argument"}`);
+  const hostOption = options.get("--host");
+  if (hostOption !== undefined && (sub !== "restore" || !/^[0-9]{1,2}$/.test(hostOption)))
+    throw new UsageError("--host: expected a host index (0-63), with restore only");
+  const where = stackWhere(options, io);
+  const { readAccountingState } = require("./accounting") as typeof import("./accounting");
+  const cp = require("./checkpoint") as typeof import("./checkpoint");
+  const state = await readAccountingState(where.stack, where.env, where.workDir);
+  if (sub === "save") {
+    const r = await cp.saveVmCheckpoint(state, rest[0]);
+    io.stdout(`${rest[0]}: checkpoint ${r.checkpoint} (${(r.bytes / 1048576).toFixed(1)} MiB) on host ${r.host}; the VM runs on\n`);
+  } else if (sub === "list") {
+    const list = await cp.listStackCheckpoints(state);
+    for (const m of list) io.stdout(`${m.id}  ${m.cluster}/${m.vm}  ${m.takenAt}  ${(m.bytes / 1048576).toFixed(1)} MiB  hosts ${m.hosts.join(",")}\n`);
+    if (!list.length) io.stdout("no checkpoint in the stores of the stack's agents\n");
+  } else {
+    const r = await cp.restoreVmCheckpoint(state, rest[0], rest[1], hostOption === undefined ? undefined : Number(hostOption));
+    io.stdout(
+      `${rest[1]}: restored from checkpoint ${rest[0]} on host ${r.host} (pid ${r.pid ?? "?"})${r.stoppedOn.length ? `; its running copy on host ${r.stoppedOn.join(", ")} was stopped` : ""}\n`,
+    );
+  }
   return 0;
 }

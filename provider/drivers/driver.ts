@@ -69,6 +69,8 @@ export interface VmInstance {
 export interface StartOptions {
   /** Start as the target of a migration, waiting for the VM's state on this URI (QEMU: -incoming). */
   incoming?: string;
+  /** Start from this saved state file (a checkpoint the agent has verified) instead of booting; the guest then runs on from where it was saved. */
+  restoreFile?: string;
 }
 
 /** How a hypervisor process ended: exit code or signal; both null when the process was not ours to wait for. */
@@ -106,6 +108,8 @@ export interface DriverOps {
   destroy(name: string): Promise<void>;
   /** Live migration to a VM started with StartOptions.incoming; resolves once the source has handed over and ended. On failure the source keeps running. */
   migrate?(name: string, targetUri: string): Promise<{ totalMs: number; downtimeMs: number }>;
+  /** Saves the running VM's whole state into file (QEMU: migrate to a file); the VM is left stopped, resume() lets it go on. */
+  saveState?(name: string, file: string): Promise<void>;
 }
 
 export interface OpenOptions {
@@ -117,6 +121,13 @@ export interface OpenOptions {
   domainPrefix?: string;
   /** Where warm-launch snapshots live (the host's store); without it warm VMs boot cold and none is saved. */
   snapshotDir?: string;
+  /** The host's address (agents serving beyond this machine): NICs bound to agent:host-address are bound to it. Default 127.0.0.1. */
+  hostAddress?: string;
+  /**
+   * QEMU: a directory of tls-creds-x509 files from the cluster's CA (ca-cert.pem, server-/client-cert.pem and -key.pem). With it, a
+   * migration over tcp:<address>:<port> is TLS both ways (the target verifies the source's certificate too); without it tcp: is refused.
+   */
+  migrationTlsDir?: string;
 }
 
 export interface Driver {

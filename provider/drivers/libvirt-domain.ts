@@ -7,6 +7,7 @@ import * as path from "path";
 import { xmlEscape } from "../render/render";
 import {
   boundedInt,
+  checkNic,
   ConfigFacts,
   ConfigRefused,
   found,
@@ -21,6 +22,7 @@ import {
   MAX_VCPUS,
   mcastEndpoint,
   MIN_MEMORY_MIB,
+  NetworkContext,
   refuseControlCharacters,
 } from "./qemu";
 
@@ -344,7 +346,7 @@ const child = (el: XElement, name: string): XElement | undefined => el.children.
 const attr = (el: XElement | undefined, name: string): string => el?.attrs.get(name)?.value ?? "";
 
 /** Accepts the domain and derives its facts, with the checks that span elements. */
-function parseTree(xml: string): { root: XElement; facts: ConfigFacts } {
+function parseTree(xml: string, ctx?: NetworkContext): { root: XElement; facts: ConfigFacts } {
   const root = tokenize(xml);
   const os = child(root, "os")!;
   const devices = child(root, "devices")!;
@@ -367,7 +369,10 @@ function parseTree(xml: string): { root: XElement; facts: ConfigFacts } {
     if (macs.has(mac)) throw new ConfigRefused(iface.line, "interface", `MAC ${mac} is given to two interfaces`);
     macs.add(mac);
     const source = child(iface, "source")!;
-    nics.push({ mac, mcast: mcastEndpoint(attr(source, "address"), attr(source, "port"))! });
+    // libvirt's mcast interface cannot name a local address (only its udp one can): no localaddr, so checkNic allows it on loopback hosts only.
+    const nic = { mac, mcast: mcastEndpoint(attr(source, "address"), attr(source, "port"))! };
+    if (ctx) checkNic(nic, ctx, iface.line, "interface");
+    nics.push(nic);
   }
   const type = child(os, "type")!;
   return {
@@ -390,8 +395,8 @@ function parseTree(xml: string): { root: XElement; facts: ConfigFacts } {
  * against the agent's allowlist; throws ConfigRefused naming the line of the
  * offending element. Returns the facts site policy is checked against.
  */
-export function parseLibvirtDomain(xml: string): { facts: ConfigFacts } {
-  return { facts: parseTree(xml).facts };
+export function parseLibvirtDomain(xml: string, ctx?: NetworkContext): { facts: ConfigFacts } {
+  return { facts: parseTree(xml, ctx).facts };
 }
 
 function checkedPath(p: string, what: string): string {

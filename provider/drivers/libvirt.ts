@@ -197,7 +197,7 @@ export const libvirtDriver: Driver = {
   notes: [
     "Graceful stop is virsh shutdown (ACPI), then virsh destroy after the timeout.",
     "Migration: libvirt can migrate between two libvirtd hosts; not wired here, as this machine runs one libvirtd.",
-    "Cluster network: interface type 'mcast' (QEMU's socket backend), no host bridge.",
+    "Cluster network: interface type 'mcast' (QEMU's socket backend), no host bridge; on this machine only: libvirt's mcast interface cannot bind to a host address, so agents of other hosts refuse it (use qemu there).",
   ],
   requirements,
   render: (input: RenderInput) => renderFor("libvirt", input),

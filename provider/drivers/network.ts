@@ -15,6 +15,24 @@ export interface ClusterNetwork {
   mcast: { address: string; port: number };
 }
 
+/**
+ * Why multicast across hosts (issue 9): the cluster's segment is the same
+ * per-cluster group on the hosts' own link, each NIC bound to its host's
+ * address (QEMU's localaddr= sets both the interface that joins the group and
+ * the one that sends), with TTL 1 (QEMU's default), so frames never leave the
+ * hosts' L2 segment. Nothing runs besides QEMU (no relay, no tunnel device to
+ * create or clean up), VMs on one host still see each other (multicast
+ * loopback), and a cluster's NICs receive only their own group and port. The
+ * hosts' switch (the namespace hosts' bridge) must forward multicast: a Linux
+ * bridge does, with IGMP snooping on too (QEMU's join sends the report).
+ * Between L2 segments (racks behind routers) it needs multicast routing;
+ * a site without it would need a tunnel per cluster instead.
+ */
+/** Where a rendered config names the VM's host address that is not known at plan time (resource-manager hosts): the agent puts its own in, like agent:console. */
+export const HOST_ADDRESS_PLACEHOLDER = "agent:host-address";
+/** The address a VM's NICs are bound to on agents of this machine (allocation.manager local): loopback, the one-machine segment. */
+export const LOOPBACK_HOST_ADDRESS = "127.0.0.1";
+
 export interface Nic {
   /** Index of the NIC within its VM. */
   index: number;
@@ -82,4 +100,14 @@ export function guestIpv4(vmIndex: number): string {
 /** A VM's NICs on its cluster's network; key is the cluster key (clusterKey), not the cluster's name. */
 export function nicsFor(key: string, vmIndex: number): Nic[] {
   return [{ index: 0, mac: macAddress(key, vmIndex, 0), ipv4: guestIpv4(vmIndex) }];
+}
+
+/**
+ * Whether two rendered configs differ in nothing but the host address their NICs are bound to (QEMU's -netdev …,localaddr=):
+ * what a VM's config changes by when it moves to another host. The NIC's state moves with a live migration; the backend is
+ * the target host's, so such a change is placement, not a new config.
+ */
+export function sameBesidesHostAddress(a: string, b: string): boolean {
+  const strip = (c: string) => c.replace(/^(-netdev socket,[^\n]*,localaddr=)[^,\n]*$/gm, "$1");
+  return a !== b && strip(a) === strip(b);
 }

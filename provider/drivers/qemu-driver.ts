@@ -35,12 +35,14 @@ import {
   waitForQmp,
 } from "./qemu";
 import { qmpCommand } from "./qmp";
-import { handIdentity, restoreUri, resumeRestored, saveSnapshot, waitForReady } from "./qemu-warm";
+import { fileRestoreUri, handIdentity, restoreUri, resumeRestored, saveSnapshot, saveState, waitForReady } from "./qemu-warm";
 import { identityLine, markersFor, readyMarker } from "../image/busybox";
 
 const requirements: Requirement[] = [binaryOnPath(QEMU_BINARY, "qemu-system-x86")];
 
 const CONFIG_FILE = "vm.args";
+/** The QOM id of a VM's migration TLS credentials (agent-owned; a config cannot add objects). */
+const MIGRATION_TLS_ID = "vse-migrate-tls";
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -81,7 +83,28 @@ class QemuOps implements DriverOps {
     private readonly stateDir: string,
     private readonly resolveImage: ImageResolver,
     private readonly snapshotDir?: string,
+    private readonly hostAddress?: string,
+    private readonly migrationTlsDir?: string,
   ) {}
+
+  /** A migration over TCP (between hosts) runs only under TLS with the cluster's credentials; returns them, or throws. */
+  private tlsFor(uri: string): { dir: string; address: string } | undefined {
+    const m = /^tcp:([0-9.]+):([0-9]{1,5})$/.exec(uri);
+    if (!m) {
+      if (/^unix:\//.test(uri)) return undefined;
+      throw new Error(`qemu: migration URI ${JSON.stringify(uri)}: expected unix:<path> or tcp:<IPv4 address>:<port>`);
+    }
+    if (!this.migrationTlsDir) throw new Error(`qemu: migration over ${uri} needs TLS credentials (this host has none); never in the clear between hosts`);
+    return { dir: this.migrationTlsDir, address: m[1] };
+  }
+
+  /** Adds the TLS credentials object for one side of a migration (idempotent: a left-over one of an earlier attempt is replaced). */
+  private async addTlsCreds(p: VmPaths, dir: string, endpoint: "server" | "client"): Promise<void> {
+    await qmpCommand(p.qmp, "object-del", { id: MIGRATION_TLS_ID }).catch(() => undefined);
+    // verify-peer on both ends: the target accepts only a source holding a certificate of the cluster's CA.
+    // Loading the credentials reads and checks every file: on a loaded host that can take longer than QMP's usual 3 s.
+    await qmpCommand(p.qmp, "object-add", { "qom-type": "tls-creds-x509", id: MIGRATION_TLS_ID, dir, endpoint, "verify-peer": true }, 30000);
+  }
 
   private paths(name: string): VmPaths {
     if (!/^[a-z]([a-z0-9-]*[a-z0-9])?$/.test(name)) throw new Error(`VM name ${JSON.stringify(name)} is not a valid name`);
@@ -101,7 +124,7 @@ class QemuOps implements DriverOps {
 
   async create(vm: VmInstance): Promise<void> {
     const p = this.paths(vm.name);
-    qemuArgs(vm.config, p, this.resolveImage); // refuse a bad config or a missing image now, not at start
+    qemuArgs(vm.config, p, this.resolveImage, this.hostAddress); // refuse a bad config or a missing image now, not at start
     // The driver finds its process by -name; a config naming another VM would run unseen.
     if (configVmName(vm.config) !== vm.name) throw new Error(`qemu: config of VM ${vm.name} names "${configVmName(vm.config)}" in -name`);
     fs.mkdirSync(p.dir, { recursive: true });
@@ -115,11 +138,13 @@ class QemuOps implements DriverOps {
     const p = this.paths(name);
     const config = this.config(name);
     const { facts } = parseQemuConfig(config);
-    // A warm VM restores its snapshot when the store has one; a migration target takes its state from the source instead.
-    const warm = isWarm(facts) && !opts.incoming;
-    const restore = warm ? restoreUri(this.snapshotDir, facts) : undefined;
+    // A warm VM restores its snapshot when the store has one; a migration target takes its state from the source, a restored checkpoint from its file.
+    const warm = isWarm(facts) && !opts.incoming && !opts.restoreFile;
+    const restore = warm ? restoreUri(this.snapshotDir, facts) : opts.restoreFile && !opts.incoming ? fileRestoreUri(opts.restoreFile) : undefined;
     const incoming = opts.incoming ?? restore;
-    const child = startQemu(config, p, incoming ? ["-incoming", incoming] : [], this.resolveImage);
+    const tls = opts.incoming ? this.tlsFor(opts.incoming) : undefined;
+    // A TLS target is set up over QMP before it listens: -incoming defer, then the credentials, then migrate-incoming.
+    const child = startQemu(config, p, incoming ? ["-incoming", tls ? "defer" : incoming] : [], this.resolveImage, this.hostAddress);
     const exited = new Promise<ExitStatus>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
     let ended = false;
     void exited.then(() => (ended = true));
@@ -132,6 +157,21 @@ class QemuOps implements DriverOps {
       if (!ended) child.kill("SIGKILL");
       const err = fs.existsSync(p.stderr) ? fs.readFileSync(p.stderr, "utf8").trim().split("\n").slice(-3).join(" | ") : "";
       throw new Error(`qemu: VM ${name} failed to start${err ? `: ${err}` : ended ? "" : " within 10 s"}`);
+    }
+    if (tls) {
+      try {
+        await this.addTlsCreds(p, tls.dir, "server");
+        await qmpCommand(p.qmp, "migrate-set-parameters", { "tls-creds": MIGRATION_TLS_ID });
+        await qmpCommand(p.qmp, "migrate-incoming", { uri: opts.incoming });
+      } catch (err) {
+        await stopQemu(pid, name, p, 0);
+        throw new Error(`qemu: VM ${name} could not listen for a migration on ${opts.incoming}: ${(err as Error).message}`);
+      }
+    }
+    // A checkpoint holds a guest that already has its identity: it only has to run on.
+    if (opts.restoreFile && !opts.incoming) {
+      await resumeRestored(p);
+      return { pid, exited };
     }
     if (!warm) return { pid, exited, launch: "cold" };
     if (restore) {
@@ -195,9 +235,22 @@ class QemuOps implements DriverOps {
     fs.rmSync(this.paths(name).dir, { recursive: true, force: true });
   }
 
+  async saveState(name: string, file: string): Promise<void> {
+    if (this.pid(name) === undefined) throw new Error(`qemu: VM ${name} is not running`);
+    await saveState(this.paths(name), file);
+  }
+
   /** Live migration to a QEMU started with StartOptions.incoming = targetUri; resolves when the source has handed over and quit. */
   async migrate(name: string, targetUri: string): Promise<{ totalMs: number; downtimeMs: number }> {
     const p = this.paths(name);
+    const tls = this.tlsFor(targetUri);
+    if (tls) {
+      await this.addTlsCreds(p, tls.dir, "client");
+      // The target must present a certificate of the cluster's CA naming the very address dialled.
+      await qmpCommand(p.qmp, "migrate-set-parameters", { "tls-creds": MIGRATION_TLS_ID, "tls-hostname": tls.address });
+    } else {
+      await qmpCommand(p.qmp, "migrate-set-parameters", { "tls-creds": "" });
+    }
     await qmpCommand(p.qmp, "migrate", { uri: targetUri });
     const deadline = Date.now() + 120000;
     for (;;) {
@@ -235,13 +288,14 @@ export const qemuDriver: Driver = {
   notes: [
     "Control through QMP; graceful stop is ACPI power-down, then QMP quit, then SIGKILL.",
     "Migration: the target starts with -incoming, the source runs QMP migrate.",
-    "Cluster network: QEMU's socket backend in multicast mode on 127.0.0.1 (opt-in render input).",
+    "Cluster network: QEMU's socket backend in multicast mode, bound to the host's address (127.0.0.1 on this machine; TTL 1, the hosts' link).",
+    "Migration between hosts: TCP on the target host's address, TLS both ways with the cluster CA's certificates (tls-creds-x509).",
   ],
   requirements,
   render: (input: RenderInput) => renderFor("qemu", input),
   async open(opts: OpenOptions): Promise<DriverOps> {
     await requireAvailable("qemu", requirements);
     fs.mkdirSync(opts.stateDir, { recursive: true });
-    return new QemuOps(opts.stateDir, opts.resolveImage ?? defaultImageResolver(), opts.snapshotDir);
+    return new QemuOps(opts.stateDir, opts.resolveImage ?? defaultImageResolver(), opts.snapshotDir, opts.hostAddress, opts.migrationTlsDir);
   },
 };

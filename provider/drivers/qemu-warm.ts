@@ -88,18 +88,22 @@ async function waitForStatus(qmp: string, states: string[], timeoutMs: number): 
   }
 }
 
+/** The -incoming URI that loads a saved state file (a snapshot or a checkpoint); refuses a path a shell would interpret. */
+export function fileRestoreUri(file: string): string {
+  if (!SAFE_PATH.test(file)) throw new Error(`state file ${file} has characters a migration URI cannot carry`);
+  return `exec:cat ${file}`;
+}
+
 /**
- * Saves the running guest, waiting at its ready point, to the store: stop,
- * migrate into a temp file, rename it into place with its metadata (a reader
- * never sees half a snapshot), then let the guest go on. Two VMs saving the
- * same snapshot at once both succeed; one of the equal files wins.
+ * Saves the guest's whole state into file: stop, migrate into a temp file
+ * beside it, rename it into place (a reader never sees half a state). The
+ * guest is left stopped (QEMU: postmigrate); the caller lets it go on.
+ * Shared by warm-launch snapshots and checkpoints (agent/checkpoint.ts).
  */
-export async function saveSnapshot(paths: VmPaths, dir: string, facts: ConfigFacts): Promise<string> {
-  const key = snapshotKey(facts);
-  const file = snapshotFile(dir, key);
+export async function saveState(paths: VmPaths, file: string): Promise<void> {
   fs.mkdirSync(path.dirname(file), { recursive: true });
   const tmp = `${file}.${process.pid}.${crypto.randomBytes(4).toString("hex")}.tmp`;
-  if (!SAFE_PATH.test(tmp)) throw new Error(`snapshot path ${tmp} has characters a migration URI cannot carry`);
+  if (!SAFE_PATH.test(tmp)) throw new Error(`state path ${tmp} has characters a migration URI cannot carry`);
   await qmpCommand(paths.qmp, "stop");
   try {
     await qmpCommand(paths.qmp, "migrate", { uri: `exec:cat > ${tmp}` });
@@ -108,17 +112,31 @@ export async function saveSnapshot(paths: VmPaths, dir: string, facts: ConfigFac
       const info = (await qmpCommand(paths.qmp, "query-migrate")) as { status?: string; "error-desc"?: string };
       if (info.status === "completed") break;
       if (info.status === "failed" || info.status === "cancelled" || Date.now() > end)
-        throw new Error(`saving the snapshot ${info.status ?? "timed out"}: ${info["error-desc"] ?? ""}`);
+        throw new Error(`saving the VM's state ${info.status ?? "timed out"}: ${info["error-desc"] ?? ""}`);
       await sleep(20);
     }
     fs.renameSync(tmp, file);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+}
+
+/**
+ * Saves the running guest, waiting at its ready point, to the store with its
+ * metadata, then lets the guest go on. Two VMs saving the same snapshot at
+ * once both succeed; one of the equal files wins.
+ */
+export async function saveSnapshot(paths: VmPaths, dir: string, facts: ConfigFacts): Promise<string> {
+  const key = snapshotKey(facts);
+  const file = snapshotFile(dir, key);
+  try {
+    await saveState(paths, file);
     fs.writeFileSync(
       path.join(path.dirname(file), "snapshot.json"),
       JSON.stringify({ key, image: facts.imageId, machine: facts.machine, memoryMiB: facts.memoryMiB, vcpus: facts.vcpus, qemu: qemuVersionLine() }, null, 2),
     );
     return key;
   } finally {
-    fs.rmSync(tmp, { force: true });
     await qmpCommand(paths.qmp, "cont");
   }
 }

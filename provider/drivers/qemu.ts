@@ -5,6 +5,7 @@ import * as path from "path";
 import type { ChildProcess } from "child_process";
 import { DEFAULT_IMAGE_CACHE, imageResolver } from "../image/busybox";
 import { qmpCommand } from "./qmp";
+import { clusterNetwork, HOST_ADDRESS_PLACEHOLDER, LOOPBACK_HOST_ADDRESS, macAddress } from "./network";
 
 /** The image store of a caller that names none: the default cache directory's. */
 export function defaultImageResolver(): ImageResolver {
@@ -57,6 +58,13 @@ export interface ConfigFacts {
   /** The kernel command line: -append / <cmdline>, "" when there is none. */
   kernelArgs: string;
   nics: { mac: string; mcast: { address: string; port: number } }[];
+}
+
+/** What only the agent knows about a config: its cluster and its host's address. With it, the parsers refuse another cluster's network or another host's address. */
+export interface NetworkContext {
+  clusterKey: string;
+  /** The address this agent's VMs send and receive cluster traffic from: its host's (127.0.0.1 for agents of this machine). */
+  hostAddress: string;
 }
 
 /** A config the node agent does not run: names the line, the field and, in the message, what was found and what is allowed. */
@@ -151,6 +159,46 @@ export function mcastEndpoint(address: string, port: string): { address: string;
   return { address, port: p };
 }
 
+/** A host address a NIC may be bound to: a unicast IPv4 address, never the wildcard 0.0.0.0, multicast or broadcast. */
+export function isHostAddress(text: string): boolean {
+  const m = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`).exec(text);
+  return !!m && Number(m[1]) !== 0 && Number(m[1]) < 224;
+}
+
+/**
+ * Refuses a NIC outside the agent's cluster network: another cluster's group
+ * or port, a MAC without the cluster's prefix, or a bound address other than
+ * the agent's own host address (the placeholder, which the agent fills in
+ * itself, is its own). line and field say where, for the refusal.
+ */
+export function checkNic(nic: ConfigFacts["nics"][number] & { localaddr?: string }, ctx: NetworkContext, line: number, field: string): void {
+  const net = clusterNetwork(ctx.clusterKey);
+  if (nic.mcast.address !== net.mcast.address || nic.mcast.port !== net.mcast.port)
+    throw new ConfigRefused(
+      line,
+      field,
+      `NIC ${nic.mac} joins ${nic.mcast.address}:${nic.mcast.port}; this cluster's network is ${net.mcast.address}:${net.mcast.port}`,
+    );
+  const prefix = macAddress(ctx.clusterKey, 0).slice(0, 8);
+  if (!nic.mac.startsWith(prefix)) throw new ConfigRefused(line, field, `MAC ${nic.mac} is not of this cluster (expected ${prefix}:…)`);
+  if (nic.localaddr === undefined) {
+    // libvirt's mcast interface has no local address: QEMU then joins wherever the group routes, which is only safe on this machine's loopback segment.
+    if (ctx.hostAddress !== LOOPBACK_HOST_ADDRESS)
+      throw new ConfigRefused(
+        line,
+        field,
+        `NIC ${nic.mac} is not bound to a host address (libvirt cannot say one for a multicast interface); on host ${ctx.hostAddress} the cluster network needs hypervisor qemu`,
+      );
+    return;
+  }
+  if (nic.localaddr !== HOST_ADDRESS_PLACEHOLDER && nic.localaddr !== ctx.hostAddress)
+    throw new ConfigRefused(
+      line,
+      field,
+      `NIC ${nic.mac} is bound to ${nic.localaddr}; a VM on this host sends only from its host's address ${ctx.hostAddress} (or ${HOST_ADDRESS_PLACEHOLDER})`,
+    );
+}
+
 /** True for a locally administered unicast MAC in canonical lower-case form. */
 export function isLocalUnicast(mac: string): boolean {
   if (!MAC.test(mac)) return false;
@@ -184,7 +232,7 @@ const REQUIRED_WHY: Record<string, string> = {
   "-display": "-display none: no display",
 };
 const MACHINES: Record<string, ConfigFacts["machine"]> = { pc: "pc", q35: "q35", "microvm,pit=on,pic=on,rtc=on": "microvm" };
-const NETDEV = new RegExp(`^socket,id=vse(0|[1-9][0-9]?),mcast=([0-9.]+):([0-9]+),localaddr=127\\.0\\.0\\.1$`);
+const NETDEV = /^socket,id=vse(0|[1-9][0-9]?),mcast=([0-9.]+):([0-9]+),localaddr=([^,]+)$/;
 const DEVICE = /^virtio-net-pci,netdev=vse(0|[1-9][0-9]?),mac=([^,]*)$/;
 /** Options the agent adds itself: named in refusals, so a user sees why they cannot be configured. */
 const AGENT_OWNED = new Set(["-pidfile", "-qmp", "-serial", "-chardev", "-monitor", "-daemonize", "-incoming", "-runas", "-chroot", "-sandbox"]);
@@ -197,7 +245,7 @@ const AGENT_OWNED = new Set(["-pidfile", "-qmp", "-serial", "-chardev", "-monito
  * naming the line. Returns the argument vector (image references not yet
  * resolved) and the facts site policy is checked against.
  */
-export function parseQemuConfig(text: string): { args: string[]; facts: ConfigFacts } {
+export function parseQemuConfig(text: string, ctx?: NetworkContext): { args: string[]; facts: ConfigFacts } {
   refuseControlCharacters(text);
   const lines = text.split("\n");
   const args: string[] = [];
@@ -208,7 +256,7 @@ export function parseQemuConfig(text: string): { args: string[]; facts: ConfigFa
   let initrdId: string | undefined;
   let initrdLine = 0;
   /** Per NIC index: the line of its -netdev and, once seen, of its -device. */
-  const netdevs: { line: number; mcast: { address: string; port: number }; device?: number; mac?: string }[] = [];
+  const netdevs: { line: number; mcast: { address: string; port: number }; localaddr: string; device?: number; mac?: string }[] = [];
   const allowed = `it allows: ${QEMU_OPTIONS.join(", ")}`;
 
   lines.forEach((raw, i) => {
@@ -288,12 +336,12 @@ export function parseQemuConfig(text: string): { args: string[]; facts: ConfigFa
       case "-netdev": {
         const m = NETDEV.exec(v);
         const mcast = m ? mcastEndpoint(m[2], m[3]) : undefined;
-        if (!m || !mcast) refuse(describe(opt));
+        if (!m || !mcast || !(m[4] === HOST_ADDRESS_PLACEHOLDER || isHostAddress(m[4]))) refuse(describe(opt));
         const index = Number(m![1]);
         if (index !== netdevs.length)
           throw new ConfigRefused(n, opt, `-netdev ids must be vse0, vse1, … in order; found vse${index} where vse${netdevs.length} was expected`);
         if (index >= MAX_NICS) throw new ConfigRefused(n, opt, `a VM may have at most ${MAX_NICS} NICs (vse0..vse${MAX_NICS - 1})`);
-        netdevs.push({ line: n, mcast: mcast! });
+        netdevs.push({ line: n, mcast: mcast!, localaddr: m![4] });
         break;
       }
       case "-device": {
@@ -326,7 +374,10 @@ export function parseQemuConfig(text: string): { args: string[]; facts: ConfigFa
   for (const [i, nd] of netdevs.entries()) {
     if (nd.device === undefined)
       throw new ConfigRefused(nd.line, "-netdev", `netdev vse${i} has no -device virtio-net-pci,netdev=vse${i},mac=…; each -netdev needs its NIC`);
-    facts.nics.push({ mac: nd.mac!, mcast: nd.mcast });
+    const nic = { mac: nd.mac!, mcast: nd.mcast };
+    // The bound address (an IPv4 address or the placeholder) is checked here; absent, as for libvirt's mcast, it means "not bound".
+    if (ctx) checkNic({ ...nic, localaddr: nd.localaddr }, ctx, nd.line, "-netdev");
+    facts.nics.push(nic);
   }
   return {
     args,
@@ -365,7 +416,7 @@ function describe(opt: string): string {
     case "-display":
       return "none";
     case "-netdev":
-      return "socket,id=vse<N>,mcast=239.255.<0-255>.<1-255>:<port 1024-65535>,localaddr=127.0.0.1";
+      return `socket,id=vse<N>,mcast=239.255.<0-255>.<1-255>:<port 1024-65535>,localaddr=<the host's IPv4 address, or ${HOST_ADDRESS_PLACEHOLDER}>`;
     case "-device":
       return "virtio-net-pci,netdev=vse<N>,mac=<locally administered unicast MAC, lower case>";
     default:
@@ -387,9 +438,10 @@ function checkedPath(p: string, what: string): string {
 /**
  * The full argument vector QEMU runs with: the accepted config with its image
  * references resolved through resolveImage, then the agent's runtime plumbing
- * (pidfile, QMP socket, serial console to a file).
+ * (pidfile, QMP socket, serial console to a file). A NIC bound to
+ * HOST_ADDRESS_PLACEHOLDER is bound to hostAddress, the agent's own.
  */
-export function qemuArgs(config: string, paths: VmPaths, resolveImage: ImageResolver): string[] {
+export function qemuArgs(config: string, paths: VmPaths, resolveImage: ImageResolver, hostAddress = LOOPBACK_HOST_ADDRESS): string[] {
   for (const p of [paths.console, paths.qmp, paths.pidfile, paths.control]) {
     // QEMU option values use ',' as a separator.
     if (p.includes(",")) throw new Error(`state path ${p} contains ',', which QEMU options cannot carry`);
@@ -407,7 +459,10 @@ export function qemuArgs(config: string, paths: VmPaths, resolveImage: ImageReso
     const value = args[i + 1];
     if (opt === "-kernel") resolved.push(opt, checkedPath(resolveImage(facts.imageId, "vmlinuz"), "the kernel"));
     else if (opt === "-initrd") resolved.push(opt, checkedPath(resolveImage(facts.imageId, "initrd.img"), "the initrd"));
-    else resolved.push(opt, value);
+    else if (opt === "-netdev" && value.endsWith(`,localaddr=${HOST_ADDRESS_PLACEHOLDER}`)) {
+      if (!isHostAddress(hostAddress)) throw new Error(`the agent's host address ${found(hostAddress)} is not a unicast IPv4 address`);
+      resolved.push(opt, `${value.slice(0, -HOST_ADDRESS_PLACEHOLDER.length)}${hostAddress}`);
+    } else resolved.push(opt, value);
     i += 2;
   }
   return [
@@ -426,14 +481,20 @@ export function qemuArgs(config: string, paths: VmPaths, resolveImage: ImageReso
 }
 
 /** Starts QEMU detached from the agent, so an agent restart does not take its VMs down. */
-export function startQemu(config: string, paths: VmPaths, extraArgs: string[] = [], resolveImage: ImageResolver = defaultImageResolver()): ChildProcess {
+export function startQemu(
+  config: string,
+  paths: VmPaths,
+  extraArgs: string[] = [],
+  resolveImage: ImageResolver = defaultImageResolver(),
+  hostAddress = LOOPBACK_HOST_ADDRESS,
+): ChildProcess {
   const execa = require("execa") as typeof import("execa");
   fs.mkdirSync(paths.dir, { recursive: true });
   // Never the pidfile: QEMU locks it, so a second QEMU of this VM fails instead of running beside the first; a stale one it overwrites.
   fs.rmSync(paths.qmp, { force: true });
   const errFd = fs.openSync(paths.stderr, "w");
   try {
-    const child = execa(QEMU_BINARY, [...qemuArgs(config, paths, resolveImage), ...extraArgs], {
+    const child = execa(QEMU_BINARY, [...qemuArgs(config, paths, resolveImage, hostAddress), ...extraArgs], {
       detached: true,
       stdin: "ignore",
       stdout: errFd,

@@ -22,6 +22,8 @@ export type VmInputKey =
   | "host"
   | "agentUrl"
   | "token"
+  | "agentCa"
+  | "allocationRef"
   | "hypervisor"
   | "imageId"
   | "memoryMiB"
@@ -32,7 +34,8 @@ export type VmInputKey =
   | "config"
   | "markers"
   | "afterJob"
-  | "jobTimeoutSeconds";
+  | "jobTimeoutSeconds"
+  | "state";
 
 export const LIFECYCLE: Record<string, FieldRule> = {
   "Environment.apiVersion": { policy: "in-place", why: "only one version exists" },
@@ -67,6 +70,39 @@ export const LIFECYCLE: Record<string, FieldRule> = {
   "VirtualCluster.spec.nodes": { policy: "in-place", why: "adds or removes VMs; the others are untouched" },
   "VirtualCluster.spec.allocation.manager": { policy: "replace", vmInput: "agentUrl", why: "other agents on other hosts" },
   "VirtualCluster.spec.allocation.hosts": { policy: "replace", vmInput: "host", why: "VMs whose host changes move to another agent" },
+  "VirtualCluster.spec.recovery": { policy: "in-place", why: "the agents are told the new policy; nothing restarts" },
+  "VirtualCluster.spec.allocation.port": { policy: "replace", vmInput: "agentUrl", why: "the agents serve elsewhere: new agents" },
+  "VirtualCluster.spec.allocation.slurm.partition": { policy: "replace", vmInput: "agentUrl", why: "a new slurm allocation (partition): new agents" },
+  "VirtualCluster.spec.allocation.slurm.timeLimit": { policy: "replace", vmInput: "agentUrl", why: "a new slurm allocation (timeLimit): new agents" },
+  "VirtualCluster.spec.allocation.slurm.account": { policy: "replace", vmInput: "agentUrl", why: "a new slurm allocation (account): new agents" },
+  "VirtualCluster.spec.allocation.ssh.user": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (user): new agents" },
+  "VirtualCluster.spec.allocation.ssh.port": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (port): new agents" },
+  "VirtualCluster.spec.allocation.ssh.identityFile": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (identityFile): new agents" },
+  "VirtualCluster.spec.allocation.ssh.knownHostsFile": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (knownHostsFile): new agents" },
+  "VirtualCluster.spec.allocation.ssh.stateDir": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (stateDir): new agents" },
+  "VirtualCluster.spec.allocation.ssh.connectTimeoutSeconds": {
+    policy: "replace",
+    vmInput: "agentUrl",
+    why: "a new ssh allocation (connectTimeoutSeconds): new agents",
+  },
+  "VirtualCluster.spec.allocation.gridengine.queue": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation (queue): new agents" },
+  "VirtualCluster.spec.allocation.gridengine.walltime": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation (walltime): new agents" },
+  "VirtualCluster.spec.allocation.gridengine.account": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation (account): new agents" },
+  "VirtualCluster.spec.allocation.gridengine.spoolDir": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation (spoolDir): new agents" },
+  "VirtualCluster.spec.allocation.gridengine.parallelEnvironment": {
+    policy: "replace",
+    vmInput: "agentUrl",
+    why: "a new gridengine allocation (parallelEnvironment): new agents",
+  },
+  "VirtualCluster.spec.allocation.torque.queue": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation (queue): new agents" },
+  "VirtualCluster.spec.allocation.torque.walltime": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation (walltime): new agents" },
+  "VirtualCluster.spec.allocation.torque.account": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation (account): new agents" },
+  "VirtualCluster.spec.allocation.torque.spoolDir": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation (spoolDir): new agents" },
+  "VirtualCluster.spec.allocation.alps.queue": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation (queue): new agents" },
+  "VirtualCluster.spec.allocation.alps.walltime": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation (walltime): new agents" },
+  "VirtualCluster.spec.allocation.alps.account": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation (account): new agents" },
+  "VirtualCluster.spec.allocation.alps.spoolDir": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation (spoolDir): new agents" },
+  "VirtualCluster.spec.allocation.fanout": { policy: "replace", why: "part of the allocation block: new agents, started over a tree of the new fanout" },
   "VirtualCluster.spec.network": { policy: "replace", vmInput: "imageId", why: "the image gains the NIC driver and network set-up, and the VM a NIC" },
   "VirtualCluster.spec.overrides.vm": { policy: "restart", vmInput: "config", why: "per changed field, as below" },
   "VirtualCluster.spec.overrides.memory": { policy: "restart", vmInput: "memoryMiB", why: "QEMU sizes guest RAM at start" },
@@ -76,6 +112,12 @@ export const LIFECYCLE: Record<string, FieldRule> = {
     why: "QEMU live migration to the other host's agent (replace for hypervisors without it)",
   },
   "VirtualCluster.spec.overrides.vcpus": { policy: "restart", vmInput: "vcpus", why: "QEMU creates vCPUs at start" },
+  "VirtualCluster.spec.overrides.state": {
+    policy: "in-place",
+    vmInput: "state",
+    why: "the hypervisor pauses or resumes the same process (QMP stop/cont, virsh suspend/resume)",
+  },
+  "VirtualCluster.spec.vmState": { policy: "in-place", vmInput: "state", why: "as overrides.state, for every VM without its own" },
 };
 
 /** Policy per VirtualMachine input; the diff of a VM is the strongest policy of its changed inputs. */
@@ -86,6 +128,10 @@ export const VM_INPUT_POLICY: Record<VmInputKey, Policy> = {
   host: "migrate",
   agentUrl: "replace",
   token: "in-place",
+  // A new CA comes with new agents (a replaced cluster), which agentUrl already accounts for.
+  agentCa: "in-place",
+  // Likewise: a new allocation comes with new agents.
+  allocationRef: "in-place",
   hypervisor: "replace",
   imageId: "replace",
   memoryMiB: "restart",
@@ -99,6 +145,8 @@ export const VM_INPUT_POLICY: Record<VmInputKey, Policy> = {
   // Baked into the image as well (so imageId changes with it); the agent reads it to tell a power-off from a crash.
   afterJob: "replace",
   jobTimeoutSeconds: "in-place",
+  // Pause and resume act on the running process: same pid, same guest memory.
+  state: "in-place",
 };
 
 const RANK: Record<Policy, number> = { "in-place": 0, restart: 1, migrate: 2, replace: 3 };

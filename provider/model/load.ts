@@ -396,8 +396,36 @@ function pointerToPath(pointer: string): (string | number)[] {
     .map((s) => (/^[0-9]+$/.test(s) ? Number(s) : s));
 }
 
+const MEMORY_ONEOF = /\/Memory\/oneOf$/;
+type Branch = { type?: string };
+
+function branchTypes(e: ErrorObject): string[] {
+  return ((e.schema as Branch[]) ?? []).map((b) => (b.type === "array" ? "a list" : b.type === "integer" ? "a whole number" : `a ${b.type ?? "value"}`));
+}
+
+/** For a oneOf (other than memory sizes) whose branches each have their own type: the index of the branch of the value's type. */
+function typedBranch(e: ErrorObject): number | undefined {
+  if (MEMORY_ONEOF.test(e.schemaPath) || !Array.isArray(e.schema)) return undefined;
+  const d = e.data;
+  const typeOf = Array.isArray(d) ? "array" : Number.isInteger(d) ? "integer" : typeof d;
+  const i = (e.schema as Branch[]).findIndex((b) => b.type === typeOf || (b.type === "number" && typeOf === "integer"));
+  return i >= 0 ? i : undefined;
+}
+
 /** Turns ajv's errors into one message per field, saying what was expected and what was found. */
 export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
+  // A oneOf whose branches differ by type (allocation.hosts: a number or a list) is judged by the branch of the value's type.
+  const byBranch = new Set(errors.filter((e) => e.keyword === "oneOf" && typedBranch(e) !== undefined));
+  const branchPrefixes = [...byBranch].map((e) => `${e.schemaPath}/${typedBranch(e)}/`);
+  errors = errors.filter(
+    (e) =>
+      !byBranch.has(e) &&
+      !(
+        e.schemaPath.includes("/oneOf/") &&
+        errors.some((o) => o.keyword === "oneOf" && e.schemaPath.startsWith(`${o.schemaPath}/`)) &&
+        !branchPrefixes.some((b) => e.schemaPath.startsWith(b))
+      ),
+  );
   // A failed oneOf (memory sizes) also reports each branch; keep only the oneOf.
   const oneOfPaths = new Set(errors.filter((e) => e.keyword === "oneOf").map((e) => e.instancePath));
   // A bad key (propertyNames) is reported once, at the key, by the propertyNames error.
@@ -448,7 +476,9 @@ export function describeAjvErrors(errors: ErrorObject[]): PathMessage[] {
         break;
       }
       case "oneOf":
-        message = `expected a memory size such as 256 (MiB), "256MiB" or "2GiB", found ${found}`;
+        message = MEMORY_ONEOF.test(e.schemaPath)
+          ? `expected a memory size such as 256 (MiB), "256MiB" or "2GiB", found ${found}`
+          : `expected ${branchTypes(e).join(" or ")}, found ${found}`;
         break;
       case "minimum":
       case "maximum":

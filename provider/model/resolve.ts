@@ -47,17 +47,38 @@ export interface VmModel {
   /** Index of the host (node agent) it runs on. */
   host: number;
   profile: ProfileModel;
+  /** running (default) or paused: overrides[].state, else spec.vmState. Optional so that models made elsewhere need not name it. */
+  state?: "running" | "paused";
 }
 
 export interface ClusterModel {
   name: string;
   environment: EnvironmentModel;
   profile: ProfileModel;
-  allocation: { manager: "local"; hosts: number };
+  allocation: AllocationModel;
   /** 'private': the VMs share a network of their own (see the schema); 'none': no NIC. */
   network: "none" | "private";
+  /** What the cluster does when a host is lost (agent/recovery.ts); default none (recorded only). */
+  recovery: "none" | "terminate" | "restart";
   vms: VmModel[];
 }
+
+type AllocationDef = NonNullable<VirtualCluster["spec"]["allocation"]>;
+export type DeclaredHost = Extract<NonNullable<AllocationDef["hosts"]>, unknown[]>[number];
+
+/**
+ * Where a cluster's agents run: the definition's allocation block with its
+ * defaults, `hosts` always the number of hosts, and for managers whose hosts
+ * are declared by address, the list itself as `hostList`.
+ */
+export type AllocationModel = Omit<AllocationDef, "manager" | "hosts"> & {
+  manager: NonNullable<AllocationDef["manager"]>;
+  hosts: number;
+  hostList?: DeclaredHost[];
+};
+
+/** Managers whose hosts are declared by address (a list), not counted. */
+export const DECLARED_HOST_MANAGERS: string[] = ["static", "ssh"];
 
 export function environmentModel(l: Located<import("./types.generated").Environment>): EnvironmentModel {
   const s = l.doc.spec;
@@ -136,6 +157,43 @@ function unknownReference(kind: string, name: string, known: Iterable<string>): 
   return `unknown ${kind} "${name}"${hint}`;
 }
 
+function allocationModel(a: AllocationDef, problem: (field: (string | number)[], message: string) => void): AllocationModel {
+  const manager = a.manager ?? "local";
+  const declared = a.hosts ?? 1;
+  const byAddress = DECLARED_HOST_MANAGERS.includes(manager);
+  // The slurm block reaches the manager as part of the allocation; with another manager it would be silently ignored.
+  if (a.slurm !== undefined && manager !== "slurm")
+    problem(["spec", "allocation", "slurm"], `settings of manager slurm, found with manager ${manager} (set manager: slurm or remove the block)`);
+  if (byAddress && !Array.isArray(declared))
+    problem(["spec", "allocation", "hosts"], `manager ${manager}: expected a list of hosts ({ address: <IPv4> } each), found the number ${declared}`);
+  if (!byAddress && Array.isArray(declared))
+    problem(
+      ["spec", "allocation", "hosts"],
+      `manager ${manager}: expected a number of hosts, found a list of addresses (declared hosts need manager ${DECLARED_HOST_MANAGERS.join(" or ")})`,
+    );
+  if (Array.isArray(declared)) {
+    const seen = new Map<string, number>();
+    declared.forEach((h, i) => {
+      if (seen.has(h.address))
+        problem(["spec", "allocation", "hosts", i, "address"], `address ${h.address} is declared twice (hosts[${seen.get(h.address)}] too)`);
+      seen.set(h.address, i);
+      if (/^(0\.|127\.|255\.|22[4-9]\.|23[0-9]\.)/.test(h.address))
+        problem(
+          ["spec", "allocation", "hosts", i, "address"],
+          `expected a host's unicast address, found ${h.address} (loopback, multicast, broadcast and 0.x are not hosts)`,
+        );
+    });
+  }
+  return {
+    ...a,
+    manager,
+    hosts: Array.isArray(declared) ? declared.length : declared,
+    ...(Array.isArray(declared) ? { hostList: declared } : {}),
+    // The k of the bootstrap tree (allocation/tree): only agents of declared hosts are started over a tree.
+    ...(byAddress ? { fanout: a.fanout ?? 2 } : {}),
+  };
+}
+
 function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: DefinitionProblem[]): ClusterModel | undefined {
   const s = l.doc.spec;
   const name = l.doc.metadata.name;
@@ -148,7 +206,8 @@ function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: D
 
   const profile = profileModel(profDef, problems);
   const nodes = s.nodes ?? 1;
-  const hosts = s.allocation?.hosts ?? 1;
+  const allocation = allocationModel(s.allocation ?? {}, problem);
+  const hosts = allocation.hosts;
   if (hosts > nodes) problem(["spec", "allocation", "hosts"], `expected at most ${nodes} hosts (one VM per host at least), found ${hosts}`);
   const seen = new Set<number>();
   (s.overrides ?? []).forEach((o, i) => {
@@ -168,9 +227,10 @@ function clusterModel(l: Located<VirtualCluster>, defs: Definitions, problems: D
       index: i,
       host: o?.host ?? i % hosts,
       profile: { ...profile, memoryMiB: memory(o?.memory, profile.memoryMiB, where, problems), vcpus: o?.vcpus ?? profile.vcpus },
+      state: o?.state ?? s.vmState ?? "running",
     });
   }
-  return { name, environment: environmentModel(envDef), profile, allocation: { manager: "local", hosts }, network: s.network ?? "none", vms };
+  return { name, environment: environmentModel(envDef), profile, allocation, network: s.network ?? "none", recovery: s.recovery ?? "none", vms };
 }
 
 /**

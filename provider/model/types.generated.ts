@@ -162,14 +162,162 @@ export interface VirtualCluster {
      */
     allocation?: {
       /**
-       * 'local': agents are daemons on this machine (127.0.0.1), one per host.
+       * 'local': agents are daemons on this machine, one per host, each on a unix socket in its private state directory. 'static': hosts declared by address (hosts: a list); each host's agent serves HTTPS on that address only, with a certificate from the cluster's own CA. 'slurm': the hosts are one Slurm job of `hosts` nodes (sbatch, settings in allocation.slurm); srun starts one agent per node, serving HTTPS on the node's address when it is an address of its own, else its unix socket; cancelling the job (scancel) powers the VMs off. 'ssh': hosts declared by address (hosts: a list), each host's agent started over SSH (settings in allocation.ssh: key authentication only, the host key pinned by allocation.ssh.knownHostsFile) and then served over HTTPS as for 'static'. 'gridengine', 'torque', 'alps': the hosts are one batch job of `hosts` tasks (qsub; a Grid Engine job array or parallel environment, a Torque/PBS job of nodes=hosts:ppn=1 started with pbsdsh, or aprun -n hosts -N 1 inside a PBS allocation), one agent per task; settings in allocation.gridengine, allocation.torque, allocation.alps.
        */
-      manager?: "local";
+      manager?: "local" | "static" | "slurm" | "ssh" | "gridengine" | "torque" | "alps";
       /**
-       * Number of hosts, hence of node agents.
+       * The hosts, hence the node agents: a number of hosts for 'local'; for 'static', the list of declared hosts (host i is the list's i-th).
        */
-      hosts?: number;
+      hosts?:
+        | number
+        | [
+            {
+              /**
+               * The host's IPv4 address: its agent listens there (never on 0.0.0.0) and its certificate names it.
+               */
+              address: string;
+              /**
+               * A namespace host on this machine (vse-<tag>-h<n>, made by the multi-host demo or tests): the agent is started inside that network namespace. Without it the address must be one of this machine's.
+               */
+              netns?: string;
+            },
+            ...{
+              /**
+               * The host's IPv4 address: its agent listens there (never on 0.0.0.0) and its certificate names it.
+               */
+              address: string;
+              /**
+               * A namespace host on this machine (vse-<tag>-h<n>, made by the multi-host demo or tests): the agent is started inside that network namespace. Without it the address must be one of this machine's.
+               */
+              netns?: string;
+            }[]
+          ];
+      /**
+       * The TCP port the agents of declared hosts serve on (each host on its own address).
+       */
+      port?: number;
+      /**
+       * Settings of manager 'slurm': what the allocation job asks Slurm for. Without a field, Slurm's own default (the default partition, the partition's time limit, the user's default account).
+       */
+      slurm?: {
+        /**
+         * The Slurm partition (sbatch --partition).
+         */
+        partition?: string;
+        /**
+         * The allocation's time limit in minutes (sbatch --time); when it passes, Slurm ends the job and the agents power their VMs off.
+         */
+        timeLimit?: number;
+        /**
+         * The Slurm account charged for the allocation (sbatch --account).
+         */
+        account?: string;
+      };
+      /**
+       * Settings of manager 'ssh': how agents are started on the declared hosts. Key authentication only (BatchMode, no password), with the host keys pinned by knownHostsFile (StrictHostKeyChecking=yes, never accept-new).
+       */
+      ssh?: {
+        /**
+         * The user agents run as on the hosts (a POSIX user name).
+         */
+        user: string;
+        /**
+         * sshd's port on every host.
+         */
+        port?: number;
+        /**
+         * The private key to authenticate with (absolute path on this machine).
+         */
+        identityFile: string;
+        /**
+         * The only known-hosts file consulted (absolute path): it pins every host's key; a host whose key differs, or is absent, is refused before anything runs on it.
+         */
+        knownHostsFile: string;
+        /**
+         * Where the agents keep their state on the hosts (absolute path on the hosts).
+         */
+        stateDir?: string;
+        /**
+         * How long ssh waits for a host's sshd.
+         */
+        connectTimeoutSeconds?: number;
+      };
+      /**
+       * Settings of manager 'gridengine': what the batch job asks for. Without a field, the server's default.
+       */
+      gridengine?: {
+        /**
+         * The queue the job is submitted to (qsub -q).
+         */
+        queue?: string;
+        /**
+         * The job's wall-clock limit as HH:MM:SS (hours up to 9999).
+         */
+        walltime?: string;
+        /**
+         * The account or project charged (qsub -A, or -P for Grid Engine).
+         */
+        account?: string;
+        /**
+         * A directory on the filesystem the job's hosts share with this machine, where the job script, its output and the agents' state go (absolute path). Default: the cluster's directory.
+         */
+        spoolDir?: string;
+        /**
+         * A parallel environment of hosts slots (qsub -pe <name> <hosts>): one job whose tasks start one agent per host. Without it, a job array of hosts tasks (qsub -t 1-<hosts>), as seed 003 launches VMs.
+         */
+        parallelEnvironment?: string;
+      };
+      /**
+       * Settings of manager 'torque': what the batch job asks for. Without a field, the server's default.
+       */
+      torque?: {
+        /**
+         * The queue the job is submitted to (qsub -q).
+         */
+        queue?: string;
+        /**
+         * The job's wall-clock limit as HH:MM:SS (hours up to 9999).
+         */
+        walltime?: string;
+        /**
+         * The account or project charged (qsub -A, or -P for Grid Engine).
+         */
+        account?: string;
+        /**
+         * A directory on the filesystem the job's hosts share with this machine, where the job script, its output and the agents' state go (absolute path). Default: the cluster's directory.
+         */
+        spoolDir?: string;
+      };
+      /**
+       * Settings of manager 'alps': what the batch job asks for. Without a field, the server's default.
+       */
+      alps?: {
+        /**
+         * The queue the job is submitted to (qsub -q).
+         */
+        queue?: string;
+        /**
+         * The job's wall-clock limit as HH:MM:SS (hours up to 9999).
+         */
+        walltime?: string;
+        /**
+         * The account or project charged (qsub -A, or -P for Grid Engine).
+         */
+        account?: string;
+        /**
+         * A directory on the filesystem the job's hosts share with this machine, where the job script, its output and the agents' state go (absolute path). Default: the cluster's directory.
+         */
+        spoolDir?: string;
+      };
+      /**
+       * k of the k-ary tree the agents of declared hosts are started over (issue 9): the controller starts host 0's agent, each agent starts the next k, each link with a handshake and a timer.
+       */
+      fanout?: number;
     };
+    /**
+     * Whether the cluster's VMs run or are paused (vCPUs stopped, memory kept); overrides[].state sets it per VM. Changing it is in place: the same hypervisor processes are paused or resumed.
+     */
+    vmState?: "running" | "paused";
     /**
      * Per-VM changes to the profile and placement, by VM index.
      *
@@ -192,11 +340,19 @@ export interface VirtualCluster {
        * The host (node agent index, 0-based, below allocation.hosts) this VM runs on, instead of its index mod hosts. Changing it live-migrates a running QEMU VM to the other host's agent.
        */
       host?: number;
+      /**
+       * Whether this VM runs or is paused (its vCPUs stopped, its memory kept), instead of spec.vmState. Changing it is in place: the same hypervisor process is paused or resumed.
+       */
+      state?: "running" | "paused";
     }[];
     /**
      * The cluster's private network. 'none' (default): the VMs have no NIC. 'private': every VM gets one virtio NIC with a deterministic, locally administered MAC, on a network that only this cluster's VMs share (QEMU's socket backend in multicast mode, bound to 127.0.0.1: every host of the cluster must be this machine, as with manager 'local'); VM i has the address 10.77.x.y/16 with x.y = i+1 (given to the guest as vse.ip=... on its kernel command line) and no route outside the cluster.
      */
     network?: "none" | "private";
+    /**
+     * What the cluster does when failure detection (heartbeats between the agents of declared hosts) finds a host lost. 'none' (default): the loss is recorded and shown by refresh; the next `pulumi up` restarts the lost agent. 'terminate': the coordinator tells every surviving agent to stop its VMs cleanly and end; nothing of the cluster is left running. 'restart': the lost host's running VMs are started again on surviving hosts from the specs their agents replicated. Under terminate or restart a host cut off from every peer it watches stops its own VMs (fencing). Changing it is in place. `pulumi refresh` shows what happened per VM and on the cluster.
+     */
+    recovery?: "none" | "terminate" | "restart";
   };
 }
 

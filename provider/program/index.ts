@@ -60,33 +60,43 @@ async function main(): Promise<Record<string, unknown>> {
       profile = new VmProfile(m.profile.name, { spec: m.profile });
       profiles.set(m.profile.name, profile);
     }
-    const cluster = new VirtualCluster(m.name, {
-      name: m.name,
-      stateRoot,
-      project: pulumi.getProject(),
-      stack: pulumi.getStack(),
-      manager: m.allocation.manager,
-      hosts: m.allocation.hosts,
-      imageStore: path.join(cacheDir, "images"),
-      sitePolicyFile,
-      // For a policy pack: judged before the cluster's agents start (its VMs register only once they have).
-      vmFacts: plan.vms.map((p) => ({
-        vm: p.vm.name,
-        host: p.vm.host,
-        hypervisor: p.vm.profile.hypervisor,
-        memoryMiB: p.vm.profile.memoryMiB,
-        vcpus: p.vm.profile.vcpus,
-        base: m.environment.base,
-        ...(m.environment.debian?.mirror ? { mirror: m.environment.debian.mirror } : {}),
-        kernelArgs: m.environment.kernelArgs,
-      })),
-    });
+    const cluster = new VirtualCluster(
+      m.name,
+      {
+        name: m.name,
+        stateRoot,
+        project: pulumi.getProject(),
+        stack: pulumi.getStack(),
+        manager: m.allocation.manager,
+        hosts: m.allocation.hosts,
+        allocation: m.allocation,
+        imageStore: path.join(cacheDir, "images"),
+        sitePolicyFile,
+        // Agents on declared hosts keep their own image stores: the cluster stages its image to them (after the Environment built it).
+        ...(m.allocation.hostList ? { imageIds: [plan.imageId] } : {}),
+        recovery: m.recovery,
+        // For a policy pack: judged before the cluster's agents start (its VMs register only once they have).
+        vmFacts: plan.vms.map((p) => ({
+          vm: p.vm.name,
+          host: p.vm.host,
+          hypervisor: p.vm.profile.hypervisor,
+          memoryMiB: p.vm.profile.memoryMiB,
+          vcpus: p.vm.profile.vcpus,
+          base: m.environment.base,
+          ...(m.environment.debian?.mirror ? { mirror: m.environment.debian.mirror } : {}),
+          kernelArgs: m.environment.kernelArgs,
+        })),
+      },
+      { dependsOn: [env] },
+    );
     for (const p of plan.vms) {
       const vm = new VirtualMachine(
         p.vm.name,
         vmInputs(m, p, {
           agentUrl: cluster.agents.apply((agents) => agents[p.vm.host].url),
           token: cluster.token,
+          agentCa: cluster.ca,
+          allocationRef: cluster.allocationRef,
         }),
         { parent: cluster, dependsOn: [env, profile] },
       );

@@ -3,7 +3,15 @@ import * as path from "path";
 import { buildImage, DEFAULT_IMAGE_CACHE, hostKernel, ImageExtras, imageRef, markersFor } from "../image/busybox";
 import { environmentImageId } from "../image";
 import { probeKvm } from "../drivers/qemu";
-import { CLUSTER_NETWORK_EXTRAS, ClusterNetwork, clusterKey, clusterNetwork, nicsFor } from "../drivers/network";
+import {
+  CLUSTER_NETWORK_EXTRAS,
+  ClusterNetwork,
+  clusterKey,
+  clusterNetwork,
+  HOST_ADDRESS_PLACEHOLDER,
+  LOOPBACK_HOST_ADDRESS,
+  nicsFor,
+} from "../drivers/network";
 import { DefinitionError, DefinitionProblem } from "../model/errors";
 import { API_VERSION, Definitions, Located, loadDefinitions, loadObject } from "../model/load";
 import type { SitePolicy } from "../model/types.generated";
@@ -38,15 +46,29 @@ export interface ClusterPlan {
  * kernel command line; a warm one gets no per-VM arguments (all VMs restore one
  * snapshot) and derives its address from the MAC it is handed.
  */
-export function clusterBoot(model: ClusterModel, key: string): { network?: ClusterNetwork; extras?: ImageExtras; kernelArgs: (vm: VmModel) => string[] } {
+export function clusterBoot(
+  model: ClusterModel,
+  key: string,
+): { network?: ClusterNetwork; extras?: ImageExtras; kernelArgs: (vm: VmModel) => string[]; hostAddress: (vm: VmModel) => string } {
   const network = model.network === "private" ? clusterNetwork(key) : undefined;
   const extras = network ? CLUSTER_NETWORK_EXTRAS : undefined;
   const own = model.environment.kernelArgs;
   return {
     network,
     extras,
+    hostAddress: (vm) => vmHostAddress(model, vm),
     kernelArgs: (vm) => (model.environment.warm ? [...own, "vse.warm=1"] : network ? [...own, `vse.ip=${nicsFor(key, vm.index)[0].ipv4}/16`] : own),
   };
+}
+
+/**
+ * The address a VM's NICs are bound to, as its config states it: 127.0.0.1 for agents of this machine, the declared host's
+ * address for hosts declared by address, and HOST_ADDRESS_PLACEHOLDER (the agent puts in its own) where the plan cannot know it
+ * (hosts a resource manager picks at allocation time).
+ */
+export function vmHostAddress(model: ClusterModel, vm: VmModel): string {
+  if (model.allocation.manager === "local") return LOOPBACK_HOST_ADDRESS;
+  return model.allocation.hostList?.[vm.host]?.address ?? HOST_ADDRESS_PLACEHOLDER;
 }
 
 /** Resolves accel 'auto' by a real probe boot under KVM (cached per host setup). */
@@ -101,14 +123,23 @@ export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT
   const plans: ClusterPlan[] = [];
   for (const model of clusters) {
     const key = clusterKey(options.project ?? "vse", options.stack ?? "local", model.name);
-    const { network, extras, kernelArgs: kernelArgsOf } = clusterBoot(model, key);
+    const { network, extras, kernelArgs: kernelArgsOf, hostAddress } = clusterBoot(model, key);
     const id = environmentImageId(model.environment, kernel, extras);
     const image = imageRef(id);
     const vms: VmPlan[] = [];
     for (const vm of model.vms) {
       if (!accels.has(vm.profile.accel)) accels.set(vm.profile.accel, await accelOf(vm.profile.accel, cacheDir));
       const accel = accels.get(vm.profile.accel)!;
-      const config = renderVmConfig({ cluster: model.name, clusterKey: key, vm, image, accel, kernelArgs: kernelArgsOf(vm), network });
+      const config = renderVmConfig({
+        cluster: model.name,
+        clusterKey: key,
+        vm,
+        image,
+        accel,
+        kernelArgs: kernelArgsOf(vm),
+        network,
+        hostAddress: hostAddress(vm),
+      });
       vms.push({ vm, accel, config, imageId: id, markers: markersFor(id) });
     }
     plans.push({ model, imageId: id, extras, vms });
@@ -122,13 +153,15 @@ export async function planClusters(definitionPaths: string[], cacheDir = DEFAULT
  * resource once it exists, so the caller supplies them: Outputs in the
  * program, stand-ins offline (see offlineAgentInputs).
  */
-export function vmInputs<T>(model: ClusterModel, p: VmPlan, agent: { agentUrl: T; token: T }) {
+export function vmInputs<T, C>(model: ClusterModel, p: VmPlan, agent: { agentUrl: T; token: T; agentCa: C; allocationRef: C }) {
   return {
     cluster: model.name,
     vmName: p.vm.name,
     host: p.vm.host,
     agentUrl: agent.agentUrl,
     token: agent.token,
+    agentCa: agent.agentCa,
+    allocationRef: agent.allocationRef,
     hypervisor: p.vm.profile.hypervisor,
     imageId: p.imageId,
     memoryMiB: p.vm.profile.memoryMiB,
@@ -140,6 +173,7 @@ export function vmInputs<T>(model: ClusterModel, p: VmPlan, agent: { agentUrl: T
     markers: p.markers,
     afterJob: model.environment.job.afterJob,
     jobTimeoutSeconds: model.environment.job.timeoutSeconds,
+    state: p.vm.state ?? "running",
   } satisfies Record<VmInputKey, unknown>;
 }
 
@@ -148,7 +182,16 @@ export function vmInputs<T>(model: ClusterModel, p: VmPlan, agent: { agentUrl: T
  * manager or host count replaces the VirtualCluster (new agents, new token),
  * so the stand-ins change exactly when the real values would.
  */
-export function offlineAgentInputs(model: ClusterModel, p: VmPlan): { agentUrl: string; token: string } {
+/** Managers whose allocation is a scheduler job with a handle of its own (VirtualCluster output allocationRef). */
+const SCHEDULER_MANAGERS: string[] = ["slurm", "gridengine", "torque", "alps"];
+
+export function offlineAgentInputs(model: ClusterModel, p: VmPlan): { agentUrl: string; token: string; agentCa: string | null; allocationRef: string | null } {
   const cluster = `${model.name} (${model.allocation.manager}, ${model.allocation.hosts} hosts)`;
-  return { agentUrl: `agent of host ${p.vm.host} of cluster ${cluster}`, token: `token of cluster ${cluster}` };
+  const byAddress = model.allocation.hostList !== undefined;
+  return {
+    agentUrl: `agent of host ${p.vm.host} of cluster ${cluster}`,
+    token: `token of cluster ${cluster}`,
+    agentCa: byAddress ? `CA of cluster ${cluster}` : null,
+    allocationRef: SCHEDULER_MANAGERS.includes(model.allocation.manager) ? `allocation of cluster ${cluster}` : null,
+  };
 }

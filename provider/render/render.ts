@@ -2,7 +2,7 @@ import * as fs from "fs";
 import * as path from "path";
 import Handlebars from "handlebars";
 import type { ProfileModel, VmModel } from "../model/resolve";
-import { ClusterNetwork, domainName, Nic, nicsFor } from "../drivers/network";
+import { ClusterNetwork, domainName, LOOPBACK_HOST_ADDRESS, Nic, nicsFor } from "../drivers/network";
 
 /**
  * The image a VM boots, as a rendered config names it: kernel and initramfs by
@@ -37,6 +37,11 @@ export interface RenderInput {
   kernelArgs: string[];
   /** The cluster's private network; without it the VM gets no NIC (the default, so existing configs stay as they are). */
   network?: ClusterNetwork;
+  /**
+   * The address the VM's NICs send and receive from: its host's address (static hosts), HOST_ADDRESS_PLACEHOLDER
+   * where the plan cannot know it (resource-manager hosts; the agent fills in its own), 127.0.0.1 (the default) for agents of this machine.
+   */
+  hostAddress?: string;
   /** Where the serial console is written, for the render-only hypervisors whose config names the file (Xen HVM, VirtualBox, Palacios); libvirt's is always AGENT_CONSOLE. */
   consoleLog?: string;
 }
@@ -139,6 +144,7 @@ export function renderVmConfig(input: RenderInput): string {
     append: kernelCommandLine(input.kernelArgs),
     network: input.network,
     nics,
+    localaddr: input.hostAddress ?? LOOPBACK_HOST_ADDRESS,
     consoleLog: input.consoleLog ?? defaultConsoleLog(input.cluster, vm.name),
     agentConsole: AGENT_CONSOLE,
     domainName: domainName(input.clusterKey, vm.name),

@@ -9,6 +9,10 @@ export interface VirtualMachineInputs {
   host: number;
   agentUrl: string;
   token: string;
+  /** The cluster CA's certificate when the agent serves HTTPS (a host declared by address), else null. */
+  agentCa: string | null;
+  /** The cluster's scheduler allocation ("slurm:<job id>"), or null: with the agent gone, it tells an ended allocation from a lost agent. */
+  allocationRef: string | null;
   hypervisor: string;
   imageId: string;
   memoryMiB: number;
@@ -21,6 +25,8 @@ export interface VirtualMachineInputs {
   markers: { begin: string; end: string };
   afterJob: "stay-up" | "power-off";
   jobTimeoutSeconds: number;
+  /** running (also when absent, as in states written before it existed) or paused: changed in place (pause/resume of the same process). */
+  state?: "running" | "paused";
 }
 
 export interface VirtualMachineOutputs extends VirtualMachineInputs {
@@ -36,6 +42,8 @@ export interface VirtualMachineOutputs extends VirtualMachineInputs {
   message: string | null;
   /** How the VM's current process came up: "warm" (restored from a pre-booted snapshot) or "cold" (booted). An output, never an input change. */
   launch: "warm" | "cold" | null;
+  /** CPU, memory and wall time of the VM's last process on its host (agent/accounting.ts); refreshed by read, never an input. */
+  accounting?: import("../agent/accounting").VmAccounting | null;
 }
 
 type Args = { [K in keyof VirtualMachineInputs]: pulumi.Input<VirtualMachineInputs[K]> };
@@ -46,6 +54,8 @@ const INPUT_KEYS: (keyof VirtualMachineInputs)[] = [
   "host",
   "agentUrl",
   "token",
+  "agentCa",
+  "allocationRef",
   "hypervisor",
   "imageId",
   "memoryMiB",
@@ -57,7 +67,17 @@ const INPUT_KEYS: (keyof VirtualMachineInputs)[] = [
   "markers",
   "afterJob",
   "jobTimeoutSeconds",
+  "state",
 ];
+
+/** What an input an older stack did not record meant: a VM then always ran; the rest were absent (null). */
+const RECORDED_BEFORE: Partial<Record<keyof VirtualMachineInputs, unknown>> = { state: "running" };
+
+/** Inputs whose value differs, an unrecorded input counting as what it meant then. */
+function changedInputs(olds: VirtualMachineOutputs, news: VirtualMachineInputs): (keyof VirtualMachineInputs)[] {
+  const value = (i: Partial<VirtualMachineInputs>, k: keyof VirtualMachineInputs) => JSON.stringify(i[k] ?? RECORDED_BEFORE[k] ?? null);
+  return INPUT_KEYS.filter((k) => value(olds, k) !== value(news, k));
+}
 
 const STOP_GRACE_SECONDS = 1;
 /** How often a VM still booting says so in the engine's output. */
@@ -69,8 +89,22 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** The VM's agent, over its unix socket or over HTTPS with the cluster's CA pinned. */
+function clientOf(i: Pick<VirtualMachineInputs, "agentUrl" | "token" | "agentCa">): import("../agent/client").AgentClient {
+  const { agentClient } = require("../allocation/allocator") as typeof import("../allocation/allocator");
+  return agentClient(i.agentUrl, i.token, i.agentCa);
+}
+
 export function specOf(inputs: VirtualMachineInputs): VmSpec {
-  return { hypervisor: inputs.hypervisor, config: inputs.config, markers: inputs.markers, stopGraceSeconds: STOP_GRACE_SECONDS, afterJob: inputs.afterJob };
+  return {
+    hypervisor: inputs.hypervisor,
+    config: inputs.config,
+    markers: inputs.markers,
+    stopGraceSeconds: STOP_GRACE_SECONDS,
+    afterJob: inputs.afterJob,
+    // Absent when running, so that specs of running VMs stay as they were.
+    ...(inputs.state === "paused" ? { state: "paused" as const } : {}),
+  };
 }
 
 function statusOf(v: VmView): string {
@@ -93,10 +127,24 @@ function outputsFrom(inputs: VirtualMachineInputs, v: VmView | undefined, jobSec
   };
 }
 
+/** The agent's accounting of this VM, or null when the agent has none (or is older than accounting). */
+async function accountingOf(client: import("../agent/client").AgentClient, vmName: string): Promise<VirtualMachineOutputs["accounting"]> {
+  const { vmAccounting } = require("../agent/accounting") as typeof import("../agent/accounting");
+  try {
+    return vmAccounting(await client.request("GET", "/v1/accounting", undefined, 10000), vmName);
+  } catch {
+    return null;
+  }
+}
+
 /** Sends the desired state and waits for the job's result. A create that fails for any reason removes the VM again. */
 async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutputs): Promise<VirtualMachineOutputs> {
-  const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
-  const client = new AgentClient(inputs.agentUrl, inputs.token);
+  const outs = await applyState(inputs, previous);
+  return { ...outs, accounting: await accountingOf(clientOf(inputs), inputs.vmName) };
+}
+
+async function applyState(inputs: VirtualMachineInputs, previous?: VirtualMachineOutputs): Promise<VirtualMachineOutputs> {
+  const client = clientOf(inputs);
   const t0 = Date.now();
   let v: VmView | undefined;
   try {
@@ -104,6 +152,8 @@ async function apply(inputs: VirtualMachineInputs, previous?: VirtualMachineOutp
     const view = await client.putVm(inputs.vmName, specOf(inputs));
     const restarted = !before || view.observed.starts !== before.observed.starts;
     if (!restarted && previous) return outputsFrom(inputs, view, previous.jobSeconds);
+    // A paused guest makes no progress: there is no job result to wait for.
+    if (inputs.state === "paused") return outputsFrom(inputs, view, null);
 
     const deadline = t0 + inputs.jobTimeoutSeconds * 1000;
     let nextProgress = t0 + PROGRESS_EVERY_MS;
@@ -169,12 +219,13 @@ export async function vmCreate(inputs: VirtualMachineInputs): Promise<pulumi.dyn
 
 export async function vmDiff(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<pulumi.dynamic.DiffResult> {
   const { vmEffectiveChange } = require("../model/lifecycle") as typeof import("../model/lifecycle");
-  const changed = INPUT_KEYS.filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+  const changed = changedInputs(olds, news);
   // An agent URL not known yet (in a preview) means the cluster's agents are being replaced.
   const agentsReplaced = (news.agentUrl as string) === UNKNOWN;
   const { replaces } = vmEffectiveChange(changed, { hypervisor: news.hypervisor, agentsReplaced });
   // Drift found by refresh (the VM died or vanished) is repaired by an update.
-  const drifted = !["running", "completed"].includes(olds.status);
+  // A VM paused (or running) against its declared state drifted as well.
+  const drifted = !(olds.status === "completed" || olds.status === (news.state === "paused" ? "paused" : "running"));
   return { changes: changed.length > 0 || drifted, replaces, deleteBeforeReplace: replaces.length > 0 };
 }
 
@@ -209,8 +260,7 @@ export async function moveVm(
 }
 
 async function migrate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<VirtualMachineOutputs> {
-  const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
-  const m = await moveVm(new AgentClient(olds.agentUrl, olds.token), new AgentClient(news.agentUrl, news.token), news.vmName, specOf(news));
+  const m = await moveVm(clientOf(olds), clientOf(news), news.vmName, specOf(news));
   return {
     ...outputsFrom(news, m.view, olds.jobSeconds),
     jobOutput: olds.jobOutput,
@@ -222,17 +272,24 @@ async function migrate(olds: VirtualMachineOutputs, news: VirtualMachineInputs):
 
 export async function vmUpdate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<pulumi.dynamic.UpdateResult> {
   const { vmChange } = require("../model/lifecycle") as typeof import("../model/lifecycle");
-  const changed = INPUT_KEYS.filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+  const changed = changedInputs(olds, news);
   if (vmChange(changed).policy === "migrate") {
     // A running guest whose config is otherwise unchanged moves live; anything else starts afresh on the new host.
-    const onlyPlacement = changed.every((k) => ["host", "agentUrl", "token", "jobTimeoutSeconds"].includes(k));
-    const { AgentClient } = require("../agent/client") as typeof import("../agent/client");
+    // A NIC's host address is part of placement too: the target binds it to its own address (drivers/network.ts).
+    const { sameBesidesHostAddress } = require("../drivers/network") as typeof import("../drivers/network");
+    const onlyPlacement = changed.every(
+      (k) => ["host", "agentUrl", "token", "jobTimeoutSeconds"].includes(k) || (k === "config" && sameBesidesHostAddress(olds.config, news.config)),
+    );
     // A migration that an interruption cut short may have landed already: then the VM runs on the target and is only adopted.
-    const there = onlyPlacement ? await new AgentClient(news.agentUrl, news.token).getVm(news.vmName).catch(() => undefined) : undefined;
+    const there = onlyPlacement
+      ? await clientOf(news)
+          .getVm(news.vmName)
+          .catch(() => undefined)
+      : undefined;
     const landed = there?.observed.state === "running" && !there.observed.incoming;
     if (onlyPlacement && (olds.status === "running" || landed)) return { outs: await migrate(olds, news) };
     const outs = await apply(news);
-    await new AgentClient(olds.agentUrl, olds.token)
+    await clientOf(olds)
       .deleteVm(olds.vmName)
       .catch((e: Error) =>
         warn(`VM ${olds.vmName}: started afresh on host ${news.host}, but its old copy on host ${olds.host} could not be removed: ${e.message}`),
@@ -243,11 +300,23 @@ export async function vmUpdate(olds: VirtualMachineOutputs, news: VirtualMachine
 }
 
 export async function vmDelete(props: VirtualMachineOutputs): Promise<void> {
-  const { AgentClient, AgentError } = require("../agent/client") as typeof import("../agent/client");
+  const { AgentError } = require("../agent/client") as typeof import("../agent/client");
   try {
-    await new AgentClient(props.agentUrl, props.token).deleteVm(props.vmName);
+    await clientOf(props).deleteVm(props.vmName);
   } catch (err) {
     if (!(err instanceof AgentError && err.status === 0)) throw err;
+    // The scheduler ended the allocation: its agents powered their guests off as it ended, so nothing of the VM runs.
+    const ended = await endedAllocation(props);
+    if (ended) {
+      await info(`VM ${props.vmName}: its allocation ended (${ended}) and its agent with it; nothing left to remove`);
+      return;
+    }
+    // An agent on another host: its state is not here to act on, and a VM left behind must not be forgotten.
+    if (!props.agentUrl.startsWith("unix:"))
+      throw new Error(
+        `VM ${props.vmName}: cannot remove it, the agent of host ${props.host} is unreachable (${err.message}); ` +
+          "`pulumi up --refresh` restarts the cluster's agents; then retry",
+      );
     // With its agent dead, the agent's own code removes the VM here, through the same drivers; nothing is left running.
     const { withOfflineAgent } = require("../allocation/local") as typeof import("../allocation/local");
     const path = require("path") as typeof import("path");
@@ -261,14 +330,48 @@ export async function vmDelete(props: VirtualMachineOutputs): Promise<void> {
 }
 
 export async function vmRead(id: string, props: VirtualMachineOutputs): Promise<pulumi.dynamic.ReadResult> {
-  const { AgentClient, AgentError } = require("../agent/client") as typeof import("../agent/client");
+  const { AgentError } = require("../agent/client") as typeof import("../agent/client");
   try {
-    const v = await new AgentClient(props.agentUrl, props.token).getVm(props.vmName);
-    return { id, props: outputsFrom(props, v, props.jobSeconds) };
+    const client = clientOf(props);
+    const v = await client.getVm(props.vmName);
+    return { id, props: { ...outputsFrom(props, v, props.jobSeconds), accounting: await accountingOf(client, props.vmName) } };
   } catch (err) {
-    if (err instanceof AgentError && err.status === 0) return { id, props: { ...props, status: "unreachable", pid: null, message: err.message } };
-    throw err;
+    if (!(err instanceof AgentError && err.status === 0)) throw err;
+    const ended = await endedAllocation(props);
+    if (ended) return { id, props: { ...props, status: "stopped", pid: null, message: `allocation ended: ${ended}; its agent powered the guest off` } };
+    const fate = await recoveryFate(props);
+    if (fate?.host !== undefined && fate.agentUrl) {
+      // Restarted by the cluster's recovery: the recorded host and agent follow where it runs now (refresh shows the move;
+      // the next `pulumi up` moves it back to its declared host if that host's agent is back, or fails saying why).
+      const moved = { ...props, host: fate.host, agentUrl: fate.agentUrl };
+      const v = await clientOf(moved)
+        .getVm(props.vmName)
+        .catch(() => undefined);
+      return { id, props: { ...outputsFrom(moved, v, props.jobSeconds, "lost"), message: fate.message } };
+    }
+    if (fate) return { id, props: { ...props, status: fate.status, pid: null, message: fate.message } };
+    return { id, props: { ...props, status: "unreachable", pid: null, message: err.message } };
   }
+}
+
+/** What the cluster's failure record (agent/recovery.ts) says happened to a VM whose agent does not answer. */
+async function recoveryFate(props: VirtualMachineOutputs): Promise<ReturnType<typeof import("../agent/recovery").vmFate>> {
+  const { clusterAgentsOf, readClusterFailures, vmFate } = require("../agent/recovery") as typeof import("../agent/recovery");
+  const key = /^vse1\.([0-9a-f]{10})\./.exec(props.token)?.[1];
+  const index = key ? clusterAgentsOf(key) : undefined;
+  if (!index) return undefined;
+  const record = await readClusterFailures(index, props.token).catch(() => undefined);
+  return record ? vmFate(record.failures, props.vmName, props.agentUrl, index.urls) : undefined;
+}
+
+/** Why the VM's scheduler allocation ended, when it has one and it did; undefined otherwise (also when the scheduler cannot tell). */
+async function endedAllocation(props: VirtualMachineOutputs): Promise<string | undefined> {
+  if (!props.allocationRef) return undefined;
+  const { allocationEnded } = require("../allocation/allocator") as typeof import("../allocation/allocator");
+  return allocationEnded(props.allocationRef).catch((e: Error) => {
+    void warn(`VM ${props.vmName}: could not ask the scheduler about allocation ${props.allocationRef}: ${e.message}`);
+    return undefined;
+  });
 }
 
 const MODULE = __filename;
@@ -292,6 +395,7 @@ export class VirtualMachine extends pulumi.dynamic.Resource {
   declare readonly jobSeconds: pulumi.Output<number | null>;
   declare readonly config: pulumi.Output<string>;
   declare readonly launch: pulumi.Output<"warm" | "cold" | null>;
+  declare readonly accounting: pulumi.Output<import("../agent/accounting").VmAccounting | null>;
 
   constructor(name: string, args: Args, opts?: pulumi.CustomResourceOptions) {
     const outs = {
@@ -303,6 +407,7 @@ export class VirtualMachine extends pulumi.dynamic.Resource {
       jobSeconds: undefined,
       message: undefined,
       launch: undefined,
+      accounting: undefined,
     };
     super(provider, name, { ...args, ...outs }, { ...opts, hideDiffs: ["__provider"], additionalSecretOutputs: ["token"] }, "vse", "VirtualMachine");
   }

@@ -19,7 +19,7 @@ import { StaticAgentRecord, startStaticCluster, staticClient, stopStaticCluster 
 import { ClusterCa, ensureClusterCa, issueServerCert } from "../../provider/allocation/tls";
 import { clusterKey } from "../../provider/drivers/network";
 import { vmSpec, waitForVm } from "../support/agent";
-import { processesUnder } from "../support/stack";
+import { processEnded, processesUnder } from "../support/stack";
 
 jest.setTimeout(90 * 1000);
 
@@ -294,6 +294,6 @@ test("stopping the cluster and tearing down the hosts leaves no agent, namespace
   console.log(`stop and tear-down: ${Date.now() - t0} ms`);
   expect(fs.existsSync(clusterDir)).toBe(false);
   expect(await netnsLeftovers(TAG)).toEqual({ netns: [], links: [] });
-  for (const pid of pids) expect(fs.existsSync(`/proc/${pid}`)).toBe(false);
+  for (const pid of pids) expect([pid, processEnded(pid)]).toEqual([pid, true]);
   expect(processesUnder(dir)).toEqual([]);
 });

@@ -95,7 +95,7 @@ case("unknown-env-job-typo", env(spec=JOB + "    @@timeout: 5\n"), 'unknown fiel
 case("unknown-profile-spec", prof(spec="  accel: tcg\n  @@cpus: 2\n"), 'unknown field "cpus"; expected one of: hypervisor, memory, vcpus, machine, accel')
 case("unknown-profile-mem", prof(spec="  @@mem: 1GiB\n"), 'unknown field "mem"')
 case("unknown-profile-disk", prof(spec="  @@disk: 10GiB\n"), 'unknown field "disk"')
-case("unknown-cluster-spec", clus(spec="  environment: sum\n  profile: p\n  @@job: {command: [x]}\n"), 'unknown field "job"; expected one of: environment, profile, nodes, allocation, overrides')
+case("unknown-cluster-spec", clus(spec="  environment: sum\n  profile: p\n  @@job: {command: [x]}\n"), 'unknown field "job"; expected one of: environment, profile, nodes, allocation')
 case("unknown-cluster-replicas", clus(spec="  environment: sum\n  profile: p\n  @@replicas: 3\n"), 'unknown field "replicas"')
 case("unknown-allocation", clus(spec="  environment: sum\n  profile: p\n  allocation:\n    @@queue: batch\n"), 'unknown field "queue"; expected one of: manager, hosts')
 case("unknown-override", clus(spec="  environment: sum\n  profile: p\n  overrides:\n    - vm: 0\n      @@cpus: 2\n"), 'unknown field "cpus"; expected one of: vm, memory, vcpus')
@@ -142,7 +142,7 @@ T = [
  ("type-description-number", env(meta="  @@description: 5\n"), "expected string, found 5"),
  ("type-profile-ref-number", clus(spec="  environment: e\n  @@profile: 5\n"), "expected string, found 5"),
  ("type-allocation-string", clus(spec="  environment: e\n  profile: p\n  @@allocation: local\n"), 'expected object, found "local"'),
- ("type-hosts-string", clus(spec="  environment: e\n  profile: p\n  allocation: {@@hosts: two}\n"), 'expected integer, found "two"'),
+ ("type-hosts-string", clus(spec="  environment: e\n  profile: p\n  allocation: {@@hosts: two}\n"), 'expected a whole number or a list, found "two"'),
  ("type-overrides-map", clus(spec="  environment: e\n  profile: p\n  @@overrides: {vm: 0}\n"), "expected array"),
  ("type-override-vm-string", clus(spec="  environment: e\n  profile: p\n  overrides:\n    - @@vm: first\n"), 'expected integer, found "first"'),
  ("type-override-item-string", clus(spec="  environment: e\n  profile: p\n  overrides:\n    - @@vm0\n"), 'expected object, found "vm0"'),
@@ -243,7 +243,7 @@ E = [
  ("enum-base", env(spec="  @@base: ubuntu\n" + JOB), 'expected one of "busybox", "debian", found "ubuntu"'),
  ("enum-debian-release", env(spec="  base: debian\n  debian: {@@release: sid}\n" + JOB), 'expected one of "bookworm", "trixie", found "sid"'),
  ("enum-afterjob", env(spec=JOB + "    @@afterJob: reboot\n"), 'expected one of "stay-up", "power-off", found "reboot"'),
- ("enum-manager", clus(spec="  environment: e\n  profile: p\n  allocation: {@@manager: slurm}\n"), 'expected one of "local", found "slurm"'),
+ ("enum-manager", clus(spec="  environment: e\n  profile: p\n  allocation: {@@manager: kubernetes}\n"), 'found "kubernetes"'),
  ("enum-policy-default-accel", pol("  defaults:\n    profile: {@@accel: hvf}\n"), 'found "hvf"'),
  ("enum-policy-default-machine", pol("  defaults:\n    profile: {@@machine: virt}\n"), 'found "virt"'),
  ("enum-policy-default-afterjob", pol("  defaults:\n    environment: {@@afterJob: halt}\n"), 'found "halt"'),
@@ -283,6 +283,14 @@ R = [
  ("ref-environment-is-profile", docs(env(), prof(), clus(spec="  @@environment: compute-small\n  profile: compute-small\n")), 'unknown Environment "compute-small"'),
  ("ref-both-unknown", docs(clus(spec="  @@environment: e\n  profile: p\n")), 'unknown Environment "e"'),
  ("ref-hosts-above-nodes", docs(env(), prof(), clus(spec="  environment: sum\n  profile: compute-small\n  nodes: 2\n  allocation: {@@hosts: 3}\n")), "expected at most 2 hosts"),
+ ("ref-static-hosts-number", docs(env(), prof(), clus(spec="  environment: sum\n  profile: compute-small\n  nodes: 2\n  allocation: {manager: static, @@hosts: 2}\n")), "manager static: expected a list of hosts ({ address: <IPv4> } each), found the number 2"),
+ ("ref-local-hosts-list", docs(env(), prof(), clus(spec="  environment: sum\n  profile: compute-small\n  nodes: 2\n  allocation:\n    manager: local\n    @@hosts: [{address: 10.0.0.2}]\n")), "manager local: expected a number of hosts, found a list of addresses"),
+ ("ref-static-address-twice", docs(env(), prof(), clus(spec="  environment: sum\n  profile: compute-small\n  nodes: 2\n  allocation:\n    manager: static\n    hosts:\n      - {address: 10.0.0.2}\n      - {@@address: 10.0.0.2}\n")), "address 10.0.0.2 is declared twice (hosts[0] too)"),
+ ("ref-static-address-loopback", docs(env(), prof(), clus(spec="  environment: sum\n  profile: compute-small\n  nodes: 2\n  allocation:\n    manager: static\n    hosts:\n      - {@@address: 127.0.0.1}\n")), "expected a host's unicast address, found 127.0.0.1"),
+ ("format-host-address", clus(spec="  environment: e\n  profile: p\n  allocation:\n    manager: static\n    hosts:\n      - {@@address: 10.0.0.256}\n"), 'found "10.0.0.256"'),
+ ("format-host-netns", clus(spec="  environment: e\n  profile: p\n  allocation:\n    manager: static\n    hosts:\n      - {address: 10.0.0.2, @@netns: \"../etc\"}\n"), 'found "../etc"'),
+ ("unknown-host-field", clus(spec="  environment: e\n  profile: p\n  allocation:\n    manager: static\n    hosts:\n      - {address: 10.0.0.2, @@user: root}\n"), 'unknown field "user"; expected one of: address, netns'),
+ ("bounds-port-low", clus(spec="  environment: e\n  profile: p\n  allocation: {manager: static, @@port: 80}\n"), "expected a number >= 1024, found 80"),
  ("ref-override-vm-out-of-range", docs(env(), prof(), clus(spec="  environment: sum\n  profile: compute-small\n  nodes: 2\n  overrides:\n    - @@vm: 2\n")), "expected a VM index below 2 (nodes), found 2"),
  ("ref-override-twice", docs(env(), prof(), clus(spec="  environment: sum\n  profile: compute-small\n  nodes: 2\n  overrides:\n    - {vm: 1, vcpus: 2}\n    - {@@vm: 1, vcpus: 3}\n")), "VM 1 is overridden twice"),
 ]

@@ -234,7 +234,11 @@ describe("vse plan against a git ref", () => {
         // A cluster whose allocation changes is replaced, so the engine hands its VMs' diffs an agent URL and token not known yet.
         const replacedCluster = JSON.stringify(basePlans[i].model.allocation) !== JSON.stringify(c.model.allocation);
         const unknown = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
-        const news = vmInputs(c.model, p, replacedCluster ? { agentUrl: unknown, token: unknown } : offlineAgentInputs(c.model, p));
+        const news = vmInputs(
+          c.model,
+          p,
+          replacedCluster ? { agentUrl: unknown, token: unknown, agentCa: unknown, allocationRef: unknown } : offlineAgentInputs(c.model, p),
+        );
         const d = await vmDiff(olds, news);
         const action = rows.find((x) => x.vm === p.vm.name)!.action;
         // The provider's diff tells replace from update (restart and in-place are both updates to Pulumi).

@@ -2,9 +2,10 @@
 // templates' renders are accepted with the right facts; hostile configs are
 // refused with a ConfigRefused that names the line and says what is allowed.
 import { parseLibvirtDomain, resolveLibvirtDomain } from "../../provider/drivers/libvirt";
-import { ConfigRefused, parseQemuConfig } from "../../provider/drivers/qemu";
-import { renderVmConfig } from "../../provider/render/render";
-import { renderCases } from "../render/cases";
+import { clusterKey, clusterNetwork, HOST_ADDRESS_PLACEHOLDER, nicsFor } from "../../provider/drivers/network";
+import { ConfigRefused, NetworkContext, parseQemuConfig, qemuArgs, vmPaths } from "../../provider/drivers/qemu";
+import { RenderInput, renderVmConfig } from "../../provider/render/render";
+import { CASES_KEY, renderCases } from "../render/cases";
 
 const ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const OTHER = "a".repeat(64);
@@ -67,7 +68,7 @@ describe("QEMU: hostile configs are refused, naming the line, the option and wha
     [
       "a user-net port forward",
       qemuReplacing(nic, "-netdev user,id=n,hostfwd=tcp::2222-:22"),
-      /^config line \d+: -netdev expects socket,id=vse<N>,mcast=239\.255\.<0-255>\.<1-255>:<port 1024-65535>,localaddr=127\.0\.0\.1, found "user,id=n,hostfwd=tcp::2222-:22"$/,
+      /^config line \d+: -netdev expects socket,id=vse<N>,mcast=239\.255\.<0-255>\.<1-255>:<port 1024-65535>,localaddr=<the host's IPv4 address, or agent:host-address>, found "user,id=n,hostfwd=tcp::2222-:22"$/,
     ],
     ["a listening socket netdev", qemuReplacing(nic, "-netdev socket,id=vse0,listen=:1234"), /-netdev expects socket,id=vse<N>,mcast=/],
     ["a multicast group outside 239.255/16", qemuReplacing(nic, "-netdev socket,id=vse0,mcast=224.0.0.1:5000,localaddr=127.0.0.1"), /-netdev expects/],
@@ -360,5 +361,100 @@ describe("libvirt: hostile domain XML is refused, naming the line of the offendi
     expect(() => resolveLibvirtDomain(xmlWith("    <graphics type='vnc'/>"), { resolveImage, consolePath: "/c" })).toThrow(ConfigRefused);
     expect(resolveImage).not.toHaveBeenCalled();
     expect(() => resolveLibvirtDomain(LIBVIRT, { resolveImage, consolePath: "relative" })).toThrow(/not an absolute path/);
+  });
+});
+
+describe("the cluster network across hosts: a NIC joins only its own cluster's group, bound only to its own host's address", () => {
+  const HOST = "10.213.4.3";
+  const OTHER_HOST = "10.213.4.2";
+  const own: NetworkContext = { clusterKey: CASES_KEY, hostAddress: HOST };
+  const otherKey = clusterKey("vse", "local", "intruder");
+  const base = renderCases("qemu")[1].input;
+  const render = (input: Partial<RenderInput>) => renderVmConfig({ ...base, ...input });
+  const ownNet = clusterNetwork(CASES_KEY).mcast;
+  const otherNet = clusterNetwork(otherKey).mcast;
+  const onHost = render({ hostAddress: HOST });
+  const netdevLine = (config: string) => lineOf(config, "-netdev ");
+
+  test("the render binds the NIC to the host's address, the placeholder, or 127.0.0.1 by default; each accepted by its own agent", () => {
+    expect(onHost).toContain(`-netdev socket,id=vse0,mcast=${ownNet.address}:${ownNet.port},localaddr=${HOST}\n`);
+    expect(parseQemuConfig(onHost, own).facts.nics).toEqual([{ mac: nicsFor(CASES_KEY, 3)[0].mac, mcast: ownNet }]);
+    const placeholder = render({ hostAddress: HOST_ADDRESS_PLACEHOLDER });
+    expect(placeholder).toContain(`,localaddr=${HOST_ADDRESS_PLACEHOLDER}\n`);
+    expect(parseQemuConfig(placeholder, own).facts.nics).toHaveLength(1);
+    expect(parseQemuConfig(placeholder, { ...own, hostAddress: "127.0.0.1" }).facts.nics).toHaveLength(1);
+    expect(QEMU).toContain(",localaddr=127.0.0.1\n");
+    expect(parseQemuConfig(QEMU, { ...own, hostAddress: "127.0.0.1" }).facts.nics).toHaveLength(1);
+  });
+
+  test("the agent fills in its own address for the placeholder, and only there", () => {
+    const paths = vmPaths("/run/vse/host-1/vms/md-sim-3");
+    const resolve = (id: string, file: string) => `/store/${id}/${file}`;
+    const argv = qemuArgs(render({ hostAddress: HOST_ADDRESS_PLACEHOLDER }), paths, resolve, HOST);
+    expect(argv[argv.indexOf("-netdev") + 1]).toBe(`socket,id=vse0,mcast=${ownNet.address}:${ownNet.port},localaddr=${HOST}`);
+    const fixed = qemuArgs(onHost, paths, resolve, "10.9.9.9");
+    expect(fixed[fixed.indexOf("-netdev") + 1]).toBe(`socket,id=vse0,mcast=${ownNet.address}:${ownNet.port},localaddr=${HOST}`);
+  });
+
+  test.each<[string, string, RegExp]>([
+    [
+      "another cluster's group and port",
+      onHost.replace(`mcast=${ownNet.address}:${ownNet.port}`, `mcast=${otherNet.address}:${otherNet.port}`),
+      new RegExp(
+        `joins ${otherNet.address.replace(/\./g, "\\.")}:${otherNet.port}; this cluster's network is ${ownNet.address.replace(/\./g, "\\.")}:${ownNet.port}$`,
+      ),
+    ],
+    [
+      "this cluster's group on another port",
+      onHost.replace(`:${ownNet.port},`, `:${ownNet.port === 1024 ? 1025 : ownNet.port - 1},`),
+      /this cluster's network is/,
+    ],
+    ["another cluster's MAC prefix", onHost.replace(nicsFor(CASES_KEY, 3)[0].mac, nicsFor(otherKey, 3)[0].mac), /is not of this cluster \(expected /],
+    [
+      "another host's address",
+      render({ hostAddress: OTHER_HOST }),
+      new RegExp(`is bound to ${OTHER_HOST}; a VM on this host sends only from its host's address ${HOST} \\(or agent:host-address\\)$`),
+    ],
+    ["loopback on a host with an address", render({ hostAddress: "127.0.0.1" }), /is bound to 127\.0\.0\.1; a VM on this host sends only from/],
+  ])("%s", (_, config, message) => {
+    const err = refusal(() => parseQemuConfig(config, own));
+    expect(err.message).toMatch(message);
+    expect(err.line).toBe(netdevLine(config));
+    expect(err.field).toBe("-netdev");
+    // Without the agent's context the grammar alone accepts it: the refusal is the agent's knowledge of its cluster and host.
+    expect(parseQemuConfig(config).facts.nics).toHaveLength(1);
+  });
+
+  test.each<[string, string]>([
+    ["the wildcard address", "0.0.0.0"],
+    ["a 0/8 address", "0.1.2.3"],
+    ["the broadcast address", "255.255.255.255"],
+    ["a multicast address", "239.255.1.1"],
+    ["a host name", "host-b.example"],
+    ["an address with a port", `${HOST}:5000`],
+    ["an extra option after it", `${HOST},reuseaddr=on`],
+    ["an unknown placeholder", "agent:other-address"],
+  ])("a NIC bound to %s is refused by the grammar itself", (_, addr) => {
+    const config = onHost.replace(`localaddr=${HOST}`, `localaddr=${addr}`);
+    const err = refusal(() => parseQemuConfig(config));
+    expect(err.message).toMatch(/-netdev expects socket,id=vse<N>,mcast=.*localaddr=<the host's IPv4 address, or agent:host-address>, found/);
+    expect(err.line).toBe(netdevLine(config));
+  });
+
+  test("libvirt: its mcast interface cannot name a local address, so it is accepted on this machine's loopback segment only", () => {
+    const xml = renderVmConfig(renderCases("libvirt")[1].input);
+    expect(parseLibvirtDomain(xml, { clusterKey: CASES_KEY, hostAddress: "127.0.0.1" }).facts.nics).toHaveLength(1);
+    const onAHost = refusal(() => parseLibvirtDomain(xml, own));
+    expect(onAHost.message).toMatch(
+      /is not bound to a host address \(libvirt cannot say one for a multicast interface\); on host 10\.213\.4\.3 the cluster network needs hypervisor qemu$/,
+    );
+    expect(onAHost.field).toBe("interface");
+    const foreign = refusal(() =>
+      parseLibvirtDomain(xml.replace(`address='${ownNet.address}' port='${ownNet.port}'`, `address='${otherNet.address}' port='${otherNet.port}'`), {
+        clusterKey: CASES_KEY,
+        hostAddress: "127.0.0.1",
+      }),
+    );
+    expect(foreign.message).toMatch(/this cluster's network is/);
   });
 });

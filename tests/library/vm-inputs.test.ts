@@ -22,6 +22,8 @@ pulumi.runtime.setMocks(
       if (typeof args.inputs.hosts === "number" && args.inputs.stateRoot) {
         state.agents = Array.from({ length: args.inputs.hosts }, (_, h) => ({ url: agentUrl(h), healthy: true }));
         state.token = TOKEN;
+        state.ca = null;
+        state.allocationRef = null;
       }
       return { id: `${args.name}-id`, state };
     },
@@ -107,7 +109,9 @@ test("the library declares the same VM inputs as the YAML program, network inclu
   expect(clusters[0].model.network).toBe("private");
 
   const plans = await plan.planClusters([dir], cacheDir, { resolveAccel: async (a) => (a === "auto" ? "tcg" : a), project: PROJECT, stack: STACK });
-  const expected = plans.flatMap((p) => p.vms.map((v) => plan.vmInputs(p.model, v, { agentUrl: agentUrl(v.vm.host), token: TOKEN })));
+  const expected = plans.flatMap((p) =>
+    p.vms.map((v) => plan.vmInputs(p.model, v, { agentUrl: agentUrl(v.vm.host), token: TOKEN, agentCa: null, allocationRef: null })),
+  );
   expect(expected.map((e) => e.vmName).sort()).toEqual(["lib-net-0", "lib-net-1", "lib-net-2", "lib-plain-0"]);
 
   for (const want of expected) {

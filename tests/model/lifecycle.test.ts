@@ -74,6 +74,8 @@ describe("the VirtualMachine diff reads the table", () => {
     host: 0,
     agentUrl: "http://127.0.0.1:1",
     token: "t",
+    agentCa: null,
+    allocationRef: null,
     hypervisor: "qemu",
     imageId: "i",
     memoryMiB: 256,

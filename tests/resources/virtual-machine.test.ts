@@ -27,6 +27,8 @@ test("an update to a new host adopts the VM that already landed there instead of
     host,
     agentUrl: c.agents[host].url,
     token: c.launch.token,
+    agentCa: null,
+    allocationRef: null,
     hypervisor: "qemu",
     imageId: /image:([0-9a-f]{64})\//.exec(spec.config)![1],
     memoryMiB: 128,

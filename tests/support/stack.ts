@@ -106,6 +106,19 @@ export function processesUnder(dir: string): { pid: number; argv: string[] }[] {
   return out;
 }
 
+/**
+ * Ended: no process, or only its exit status left to collect (a zombie). Agents
+ * started down the bootstrap tree outlive their parents and are re-parented to
+ * this machine's init, which may reap them late.
+ */
+export function processEnded(pid: number): boolean {
+  try {
+    return /\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return true;
+  }
+}
+
 export function qemuProcessesFor(dir: string, vmName: string): number[] {
   return processesUnder(dir)
     .filter((p) => path.basename(p.argv[0]).startsWith("qemu-system") && p.argv[p.argv.indexOf("-name") + 1] === vmName)
