@@ -95,6 +95,12 @@ export class Recovery {
       policy = "terminate";
     }
     const m = this.o.monitor;
+    // A host heard from again while the reports settled was slow or restarting, not lost: nothing to recover.
+    if (!m.dead.has(lost)) {
+      this.o.log(`recovery of host ${lost}: it answers again; nothing done`);
+      this.note(lost, policy, { action: "answered again before recovery; nothing done", ok: true });
+      return;
+    }
     const live = this.o.urls.map((_u, h) => h).filter((h) => !m.dead.has(h));
     this.o.log(`recovery of host ${lost}: policy ${policy}, survivors ${live.join(", ")}`);
     if (policy === "none") {

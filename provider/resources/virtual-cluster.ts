@@ -2,7 +2,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { AllocationRequest, ClusterAgents } from "../allocation/allocator";
 import type { AgentLaunch, AgentRecord } from "../allocation/local";
 import type { AllocationModel } from "../model/resolve";
-import { info } from "./engine-log";
+import { info, warn } from "./engine-log";
 
 export interface VirtualClusterInputs {
   name: string;
@@ -121,6 +121,26 @@ async function setRecovery(req: AllocationRequest, state: ClusterAgents, policy:
   await allOrReport(agents, put);
 }
 
+/** Waits until no agent of the cluster counts a peer as dead, for long enough that a silence begun earlier would show (at most a minute). */
+async function untilAllHeard(req: AllocationRequest, state: ClusterAgents, quietMs = 5000): Promise<void> {
+  const { agentClient } = require("../allocation/allocator") as typeof import("../allocation/allocator");
+  const deadline = Date.now() + 60000;
+  let quietSince = Date.now();
+  while (Date.now() < deadline) {
+    const views = await Promise.all(
+      state.agents.map((a) =>
+        agentClient(a.url, req.launch.token, state.ca)
+          .request<{ dead: number[] }>("GET", "/v1/cluster/failures", undefined, 5000)
+          .catch(() => ({ dead: [-1] })),
+      ),
+    );
+    if (views.some((v) => v.dead.length > 0)) quietSince = Date.now();
+    else if (Date.now() - quietSince >= quietMs) return;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  await warn(`cluster ${req.clusterName}: its agents still count a peer as lost a minute after their restart; recovery policy set back anyway`);
+}
+
 export async function clusterCreate(inputs: VirtualClusterInputs): Promise<pulumi.dynamic.CreateResult> {
   const { newClusterToken } = require("../agent/protocol") as typeof import("../agent/protocol");
   const clusterKey = keyOf(inputs);
@@ -196,6 +216,8 @@ export async function clusterUpdate(olds: VirtualClusterOutputs, news: VirtualCl
   }
   // A restarted agent, or a new image, may need staging; hosts that have an image skip it.
   await stageImages(req, { ...state, agents }, news.imageIds ?? []);
+  // The policy returns only once every agent hears all its peers again: a restart must not be acted on late.
+  if (policy !== "none" && (relaunch || healthy.includes(false))) await untilAllHeard(req, { ...state, agents });
   await setRecovery(req, { ...state, agents }, policy);
   return {
     outs: { ...news, clusterKey: olds.clusterKey, token: olds.token, agents, ca: state.ca, allocationInfo: state.info, allocationRef: state.ref ?? null },

@@ -196,7 +196,7 @@ test("a running guest moves from host A to host B over TLS: its count goes on at
     `migrated ${VM} from ${hosts.hosts[0].address} to ${hosts.hosts[1].address} over TLS: total ${moved.totalMs} ms, downtime ${moved.downtimeMs} ms`,
   );
   expect(await a.getVm(VM)).toBeUndefined();
-  expect(fs.existsSync(`/proc/${first.observed.pid}`)).toBe(false);
+  expect(processEnded(first.observed.pid!)).toBe(true);
 
   const onB = await waitForTicks(consoleOf(1), 3);
   // The count carries on from where it was on A: the same loop in the same guest, not a new boot (which would start at 1 and print the job's markers).

@@ -17,7 +17,7 @@ import { netnsLeftovers, netnsPids, NetnsHosts, setUpNetnsHosts, tearDownNetnsHo
 import { StaticAgentRecord, startStaticCluster, staticClient, stopStaticCluster } from "../../provider/allocation/static";
 import { clusterKey } from "../../provider/drivers/network";
 import { vmSpec, waitForVm } from "../support/agent";
-import { processesUnder } from "../support/stack";
+import { processesUnder, processEnded } from "../support/stack";
 
 jest.setTimeout(300 * 1000);
 
@@ -124,7 +124,7 @@ test("terminate: a lost host ends the cluster, every survivor's VM stopped clean
   // Every agent ends: the survivors when the coordinator tells them, the coordinator after them.
   for (const a of c.agents) await waitFor(`agent of host ${a.host} to end`, async () => (isAgentProcess(a.pid, a.stateDir) ? undefined : true));
   // The survivor's VM was stopped by its agent (a clean stop through the driver), not left behind.
-  expect(fs.existsSync(`/proc/${qemuPid}`) && !fs.readFileSync(`/proc/${qemuPid}/stat`, "utf8").includes(") Z ")).toBe(false);
+  expect(processEnded(qemuPid)).toBe(true);
   expect(fs.readFileSync(path.join(c.agents[4].stateDir, "agent.log"), "utf8")).toMatch(/terminate requested by host 0: host 6 lost/);
   const state = JSON.parse(fs.readFileSync(path.join(c.agents[4].stateDir, "state.json"), "utf8")) as { vms: unknown[] };
   expect(state.vms).toEqual([]);

@@ -25,7 +25,7 @@ import type { AllocationModel } from "../../provider/model/resolve";
 import { vmSpec, waitForVm } from "../support/agent";
 import { ensureGridEngine, GE_QUEUE } from "../support/gridengine";
 import { regenerateAllowed } from "../support/regenerate";
-import { processesUnder } from "../support/stack";
+import { processesUnder, processEnded } from "../support/stack";
 
 jest.setTimeout(300 * 1000);
 
@@ -138,8 +138,8 @@ describe("against the real Grid Engine daemons", () => {
 
     await gridEngineAllocator.release(req, state);
     expect(await gridEngineAllocator.status!(req, state)).toEqual({ active: false, reason: `job ${jobId} is no longer known to gridengine` });
-    for (const a of state.agents) expect(fs.existsSync(`/proc/${a.pid}`)).toBe(false);
-    expect(fs.existsSync(`/proc/${qemuPid}`)).toBe(false);
+    for (const a of state.agents) expect(processEnded(a.pid)).toBe(true);
+    expect(processEnded(qemuPid)).toBe(true);
     expect(fs.existsSync(req.clusterDir)).toBe(false);
     expect(processesUnder(dir)).toEqual([]);
   });

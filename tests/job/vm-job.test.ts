@@ -12,7 +12,7 @@ import { checkJobSpec, VmJobSpec } from "../../provider/job/vm-job";
 import { batchScript, JOB_RUNNER, prepareVmJob, sbatchArgs, submitVmJob, VmJobResult } from "../../provider/job/submit";
 import { main } from "../../provider/cli/vse";
 import { ensureSlurm, jobsNamed, SLURM_TAG } from "../support/slurm";
-import { createProjectStack, processesUnder } from "../support/stack";
+import { createProjectStack, processesUnder, processEnded } from "../support/stack";
 
 jest.setTimeout(300 * 1000);
 
@@ -151,7 +151,7 @@ test("scancel of a running job powers its guests down cleanly through the runner
   expect(t.log).toContain("SIGTERM: the job is being cancelled");
   expect(t.log).toMatch(/clean stop: 2 guest\(s\) powered down through the driver and removed/);
   expect(r.timing.some((e) => e.event === "cancelled" && e.task === 0)).toBe(true);
-  for (const q of qemus) expect(fs.existsSync(`/proc/${q.pid}`) && !/\) Z /.test(fs.readFileSync(`/proc/${q.pid}/stat`, "utf8"))).toBe(false);
+  for (const q of qemus) expect(processEnded(q.pid)).toBe(true);
   await expectNothingLeft(r, "cancel");
 });
 
