@@ -10,6 +10,7 @@ import { AgentRefusal, JobResult, VmObserved, VmSpec, VmView } from "./protocol"
 import { readJson, writeFileAtomic } from "./state";
 import { Accounting } from "./accounting";
 import { CHECKPOINT_SAVING, prepareRestore, RESTORED_CONSOLE } from "./checkpoint";
+import { freePort } from "./ports";
 
 /** What one agent serves: its cluster, its image store, the site's policy. */
 export interface AgentOptions {
@@ -156,19 +157,6 @@ function migrationTlsDir(stateDir: string, tls: NonNullable<AgentOptions["tls"]>
 function clusterCaOf(tls: NonNullable<AgentOptions["tls"]>): string {
   const chain = pemBlocks(fs.readFileSync(tls.certFile, "utf8"));
   return chain[chain.length - 1];
-}
-
-/** A free TCP port on address, as this agent's namespace sees it; QEMU binds it right after. */
-function freePort(address: string): Promise<number> {
-  const net = require("net") as typeof import("net");
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, address, () => {
-      const port = (srv.address() as import("net").AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** libvirt domains are host-global: they carry the cluster key, so two stacks never touch each other's VMs. */

@@ -27,6 +27,7 @@ import * as path from "path";
 import { readJson, writeFileAtomic } from "../agent/state";
 import type { AllocationRequest, Allocator, ClusterAgents } from "./allocator";
 import { AGENT_MAIN, AgentRecord } from "./local";
+import { freePort } from "../agent/ports";
 
 /** Partition and account names: what sbatch accepts, nothing a shell or option parser could read otherwise. */
 export const SLURM_NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
@@ -398,19 +399,6 @@ async function ownNodeAddress(node: string): Promise<string | null> {
     .flat()
     .some((i) => i && i.family === "IPv4" && !i.internal && i.address === addr);
   return own ? addr : null;
-}
-
-/** A TCP port free on address now (the agent binds it right after; a lost race makes it exit and the launcher start it again). */
-function freePort(address: string): Promise<number> {
-  const net = require("net") as typeof import("net");
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, address, () => {
-      const port = (srv.address() as import("net").AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 async function launcherMain(argv: string[]): Promise<number> {

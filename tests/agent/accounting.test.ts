@@ -5,23 +5,14 @@
 import * as os from "os";
 import type { AccountingReport } from "../../provider/agent/accounting";
 import { schedulerJobId } from "../../provider/agent/accounting";
-import { jobEnv, rawRequest, testCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
-import { processesUnder } from "../support/stack";
+import { jobEnv, rawRequest, useTestCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
+import { processEnded } from "../support/stack";
 
 jest.setTimeout(5 * 60 * 1000);
 
+const cluster = useTestCluster([0]);
 let c: TestCluster;
-
-beforeAll(async () => {
-  c = await testCluster();
-  await c.start(0);
-});
-
-afterAll(async () => {
-  const dir = c.dir;
-  await c.stop();
-  expect(processesUnder(dir)).toEqual([]);
-});
+beforeAll(() => (c = cluster()));
 
 async function report(): Promise<AccountingReport> {
   const r = await rawRequest(c.agents[0], "GET", "/v1/accounting", { token: c.launch.token });
@@ -56,7 +47,10 @@ test("a finished job's CPU, memory and wall time, on this host, kept after the V
 
   // Deleted, and its agent restarted: the figures stay.
   await client.deleteVm("vm-acct");
+  const pid = c.agents[0].pid;
   await c.client().request("POST", "/v1/shutdown", {});
+  // The shutdown is answered before the agent exits; a new one may take the state only then.
+  while (!processEnded(pid)) await new Promise((r) => setTimeout(r, 20));
   await c.start(0);
   const after = (await report()).records.filter((x) => x.vm === "vm-acct");
   expect(after).toEqual([r]);

@@ -5,24 +5,15 @@
 import * as fs from "fs";
 import { AgentRecord } from "../../provider/allocation/local";
 import type { VmView } from "../../provider/agent/protocol";
-import { jobEnv, rawRequest, testCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
+import { jobEnv, rawRequest, useTestCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
 import { libvirtdForTest } from "../support/libvirtd";
-import { processesUnder, qemuProcessesFor } from "../support/stack";
+import { qemuProcessesFor } from "../support/stack";
 
 jest.setTimeout(5 * 60 * 1000);
 
+const cluster = useTestCluster([0]);
 let c: TestCluster;
-
-beforeAll(async () => {
-  c = await testCluster();
-  await c.start(0);
-});
-
-afterAll(async () => {
-  const dir = c.dir;
-  await c.stop();
-  expect(processesUnder(dir)).toEqual([]);
-});
+beforeAll(() => (c = cluster()));
 
 /** A job that counts for a long while, one line a second. */
 const COUNTER = jobEnv("stay-up", ["/bin/sh", "-c", "i=0; while [ $i -lt 900 ]; do echo tick-$i; i=$((i+1)); sleep 1; done"]);

@@ -6,23 +6,13 @@
 import * as fs from "fs";
 import * as path from "path";
 import type { EnvironmentModel } from "../../provider/model/resolve";
-import { testCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
-import { processesUnder } from "../support/stack";
+import { useTestCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
 
 jest.setTimeout(10 * 60 * 1000);
 
+const cluster = useTestCluster([0]);
 let c: TestCluster;
-
-beforeAll(async () => {
-  c = await testCluster();
-  await c.start(0);
-});
-
-afterAll(async () => {
-  const dir = c.dir;
-  await c.stop();
-  expect(processesUnder(dir)).toEqual([]);
-});
+beforeAll(() => (c = cluster()));
 
 const env = (command: string): EnvironmentModel => ({
   name: "warm",
