@@ -258,11 +258,21 @@ export function effectiveDocuments(plans: ClusterPlan[]): object[] {
         ...(vm.profile.memoryMiB !== p.memoryMiB ? { memory: `${vm.profile.memoryMiB}MiB` } : {}),
         ...(vm.profile.vcpus !== p.vcpus ? { vcpus: vm.profile.vcpus } : {}),
       }));
+    // Back to the definition's form: declared hosts are the list itself, not their count.
+    const { hostList, ...allocation } = model.allocation;
     clusters.push({
       apiVersion: "vse.dev/v1",
       kind: "VirtualCluster",
       metadata: { name: model.name },
-      spec: { environment: e.name, profile: p.name, nodes: model.vms.length, allocation: model.allocation, network: model.network, overrides },
+      spec: {
+        environment: e.name,
+        profile: p.name,
+        nodes: model.vms.length,
+        allocation: { ...allocation, hosts: hostList ?? allocation.hosts },
+        network: model.network,
+        recovery: model.recovery,
+        overrides,
+      },
     });
   }
   return [...envs.values(), ...profiles.values(), ...clusters];

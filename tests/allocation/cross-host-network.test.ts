@@ -199,12 +199,19 @@ test("a cluster's guests on three hosts reach each other; a second cluster's on 
     // In its own host's namespace, its NIC bound to that host's address.
     expect(processArgv(v.observed.pid!).join(" ")).toContain(`,localaddr=${hosts.hosts[i].address} `);
   });
-  expect(bDone[0].job.output).toBe(`${ip(b, 0)} reached ${ip(b, 1)}\nheard 0\n${ip(b, 0)} cannot reach ${ip(a, 2)}\n`);
-  expect(bDone[1].job.output).toBe(`${ip(b, 1)} reached ${ip(b, 0)}\nheard 0\n`);
+  // Cluster a's three guests broadcast about 3 frames a second between them (each of a's guests heard dozens in 8 s):
+  // a b guest that could hear them would count dozens in its 15 s. At most a few frames of its own peer (a late ping
+  // reply, an ARP refresh) may land in its window.
+  const heardB = bDone.map((v) => Number(/^heard (\d+)$/m.exec(v.job.output!)?.[1]));
+  for (const h of heardB) expect(h).toBeLessThanOrEqual(3);
+  expect(bDone[0].job.output!.replace(/^heard \d+$/m, "heard _")).toBe(`${ip(b, 0)} reached ${ip(b, 1)}\nheard _\n${ip(b, 0)} cannot reach ${ip(a, 2)}\n`);
+  expect(bDone[1].job.output!.replace(/^heard \d+$/m, "heard _")).toBe(`${ip(b, 1)} reached ${ip(b, 0)}\nheard _\n`);
   // The placeholder was bound to the agent's own host address.
   expect(processArgv(bDone[0].observed.pid!).join(" ")).toContain(`,localaddr=${hosts.hosts[0].address} `);
   expect(processArgv(bDone[1].observed.pid!).join(" ")).toContain(`,localaddr=${hosts.hosts[2].address} `);
-  console.log(`cluster a heard ${aDone.map((v) => /heard (\d+)/.exec(v.job.output!)![1]).join(", ")} frames in 8 s; cluster b heard 0 and 0 in 15 s`);
+  console.log(
+    `cluster a heard ${aDone.map((v) => /heard (\d+)/.exec(v.job.output!)![1]).join(", ")} frames in 8 s; cluster b heard ${heardB.join(" and ")} in 15 s`,
+  );
 });
 
 test("stopping both clusters and tearing down the hosts leaves no agent, VM, namespace or link behind", async () => {
