@@ -1,6 +1,7 @@
 import * as crypto from "crypto";
 import * as http from "http";
 import * as https from "https";
+import type { Duplex } from "stream";
 import type { SitePolicy } from "../model/types.generated";
 import { Agent } from "./agent";
 import { lifecycleRoute } from "./checkpoint";
@@ -103,12 +104,19 @@ export const TLS_HANDSHAKE_TIMEOUT_MS = 5000;
  * Clients pin the cluster's CA and the host's address before they send the token.
  */
 export function createTlsServer(agent: Agent, o: ServerOptions, creds: TlsCredentials): https.Server {
-  return limit(
+  const server = limit(
     https.createServer(
       { ...HTTP_OPTIONS, cert: creds.cert, key: creds.key, minVersion: "TLSv1.3", handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
       requestListener(agent, o),
     ),
   );
+  // Image staging streams (staging.ts): an upgraded connection is outside the request timeouts, so only
+  // the token-checked staging stream may upgrade; anything else is answered and closed.
+  server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (!o.staging) socket.destroy();
+    else o.staging.stream(req, socket, head, () => authenticate(req.headers.authorization, o.token, o.clusterKey));
+  });
+  return server;
 }
 
 const HTTP_OPTIONS: http.ServerOptions = {
@@ -126,7 +134,26 @@ function limit<S extends http.Server>(server: S): S {
   return server;
 }
 
-function requestListener(agent: Agent, o: ServerOptions): http.RequestListener {
+/**
+ * One HTTPS server, so one TLS context for a host's certificate, for many agents of that host in one process
+ * (benchmark only: bench/tree-host.ts). It does not listen itself: each agent's own listening socket hands it its
+ * connections (server.emit("connection", socket)), and a request goes to the agent whose port it came in on.
+ * TLS and HTTP settings are createTlsServer's.
+ */
+export function createSharedTlsServer(creds: TlsCredentials, route: (port: number) => http.RequestListener | undefined): https.Server {
+  const server = https.createServer(
+    { ...HTTP_OPTIONS, cert: creds.cert, key: creds.key, minVersion: "TLSv1.3", handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
+    (req, res) => {
+      const listener = route(req.socket.localPort ?? 0);
+      if (listener) listener(req, res);
+      else send(res, 404, { error: `no agent serves port ${req.socket.localPort}` });
+    },
+  );
+  server.setTimeout(SERVER_LIMITS.idleTimeoutMs);
+  return server;
+}
+
+export function requestListener(agent: Agent, o: ServerOptions): http.RequestListener {
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<[number, unknown]> => {
     const raw = req.url ?? "/";
     if (raw.length > 512 || controlCharacter(decodeURIComponentSafe(raw))) throw new AgentRefusal(400, "url: expected at most 512 printable characters");

@@ -20,16 +20,24 @@
 // - Skipped where the host has the image already (its files are checked
 //   against the manifest before it forwards them).
 // - Pipelined: an agent forwards each verified chunk to its children while it
-//   still receives, one keep-alive TLS connection per child with the cluster's
-//   CA pinned (client.ts connectPinned).
+//   still receives, over one TLS connection per child with the cluster's CA
+//   pinned (client.ts connectPinned). Chunks follow each other on that one
+//   stream, in order: a chunk is whole at the child one chunk's wire time after
+//   it was whole here (with several requests in flight on parallel connections,
+//   every chunk shared the link with the others and arrived that many times
+//   later, at every hop of a chain).
 // Routes (bearer token as every /v1 route): POST /v1/staging/<id> (JSON:
 // signed manifest and the subtree to forward to), GET /v1/staging/<id>
-// (status), PUT /v1/staging/<id>/<file index>/<chunk index> (the raw chunk:
-// its own streaming limits, not the 256 KiB JSON limit).
+// (status), GET /v1/staging/<id>/stream upgraded to STREAM_PROTOCOL (frames
+// of <u32 file><u32 chunk><the chunk's bytes>; the receiver answers one JSON
+// line per chunk, or one with the refusal before it closes), and
+// PUT /v1/staging/<id>/<file index>/<chunk index> (one raw chunk).
 import * as crypto from "crypto";
 import * as fs from "fs";
 import * as http from "http";
+import type * as net from "net";
 import * as path from "path";
+import type { Duplex } from "stream";
 import { connectPinned, parseAgentUrl } from "./client";
 import { IMAGE_ID_PATTERN, ImageStore } from "./image-store";
 import { AgentRefusal } from "./protocol";
@@ -58,11 +66,17 @@ export const STAGING_LIMITS = {
 };
 
 /**
- * How a sender behaves on a link: a chunk request idle this long is abandoned
- * and the link resumed; no progress at all for stallMs gives up; window chunk
- * requests are in flight at once (each on its own keep-alive connection).
+ * How a sender behaves on a link: a request, or a stream with chunks not yet
+ * answered, idle this long is abandoned and the link resumed; no progress at
+ * all for stallMs gives up.
  */
-export const SENDER_TIMING = { requestIdleMs: 8000, retryMs: 1000, stallMs: 90000, window: 4 };
+export const SENDER_TIMING = { requestIdleMs: 8000, retryMs: 1000, stallMs: 90000 };
+
+/** The protocol a staging stream is upgraded to (GET /v1/staging/<id>/stream). */
+export const STREAM_PROTOCOL = "vse-staging/1";
+/** A receiving stream with no traffic this long is closed (the sender may wait for its own upstream meanwhile). */
+const STREAM_IDLE_MS = 120000;
+const FRAME_HEADER_BYTES = 8;
 
 export interface ManifestFile {
   name: StagedFile;
@@ -295,14 +309,13 @@ export class StagingLink {
     readonly url: string,
     private readonly token: string,
     private readonly caPem: string,
-    window = SENDER_TIMING.window,
   ) {
     const ep = parseAgentUrl(url);
     if (ep.kind !== "https") throw new Error(`staging target ${url}: expected https://<address>:<port>`);
     this.address = ep.address;
     this.port = ep.port;
     this.caFingerprint = new crypto.X509Certificate(caPem).fingerprint256;
-    const agent = new http.Agent({ keepAlive: true, maxSockets: window });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 2 });
     // Node's Agent takes a connection made asynchronously through the callback.
     (agent as unknown as { createConnection: unknown }).createConnection = (_o: unknown, cb: (err: Error | null, s?: unknown) => void) => {
       connectPinned(this.address, this.port, this.caPem, this.caFingerprint, 10000).then(
@@ -372,8 +385,166 @@ export class StagingLink {
     if (r.status >= 400) throw answerError(r.status, `${this.url}: chunk ${c} of ${STAGED_FILES[f]}`, r.json);
   }
 
+  /** Opens a chunk stream to the receiver (a session for the image must have been started there). */
+  async openStream(image: string, onAnswer: (bytes: number) => void): Promise<ChunkStream> {
+    const sock = await connectPinned(this.address, this.port, this.caPem, this.caFingerprint, 10000);
+    const pathname = `/v1/staging/${image}/stream`;
+    return new Promise((resolve, reject) => {
+      const req = http.request({
+        createConnection: () => sock,
+        host: this.address,
+        port: this.port,
+        path: pathname,
+        method: "GET",
+        timeout: SENDER_TIMING.requestIdleMs,
+        headers: { Host: `${this.address}:${this.port}`, Authorization: `Bearer ${this.token}`, Connection: "Upgrade", Upgrade: STREAM_PROTOCOL },
+      });
+      req.on("upgrade", (res, socket, head) => {
+        if (res.headers.upgrade !== STREAM_PROTOCOL) {
+          socket.destroy();
+          reject(new Error(`${this.url}: ${pathname}: upgraded to ${String(res.headers.upgrade)}, not ${STREAM_PROTOCOL}`));
+          return;
+        }
+        resolve(new ChunkStream(socket, head, `${this.url}: stream of image ${image.slice(0, 12)}`, onAnswer));
+      });
+      req.on("response", (res) => {
+        const parts: Buffer[] = [];
+        res.on("data", (c: Buffer) => parts.push(c));
+        res.on("end", () => {
+          let json: unknown;
+          try {
+            json = JSON.parse(Buffer.concat(parts).toString("utf8"));
+          } catch {
+            json = {};
+          }
+          sock.destroy();
+          reject(answerError(res.statusCode ?? 500, `${this.url}: GET ${pathname}`, json));
+        });
+      });
+      req.on("timeout", () => req.destroy(new Error(`${this.url}: GET ${pathname}: no answer within ${SENDER_TIMING.requestIdleMs} ms`)));
+      req.on("error", (err) => {
+        sock.destroy();
+        reject(err);
+      });
+      req.end();
+    });
+  }
+
   close(): void {
     this.agent.destroy();
+  }
+}
+
+/**
+ * The sending end of a staging stream: chunks written one after the other on
+ * one connection; the receiver answers each in order. A refusal ends the
+ * stream with StagingRefused; a stream with unanswered chunks that stays
+ * silent for SENDER_TIMING.requestIdleMs is cut (and resumed by the caller).
+ */
+export class ChunkStream {
+  private sizes: number[] = [];
+  private pending = "";
+  private error?: Error;
+  private idle?: NodeJS.Timeout;
+  private settled: (() => void)[] = [];
+  private closedCleanly = false;
+
+  constructor(
+    private readonly socket: Duplex,
+    head: Buffer,
+    private readonly where: string,
+    private readonly onAnswer: (bytes: number) => void,
+  ) {
+    socket.on("data", (d: Buffer) => this.answers(d.toString("utf8")));
+    socket.on("error", (err: Error) => this.fail(new Error(`${where}: ${err.message}`)));
+    socket.on("close", () => this.fail(new Error(`${where}: closed with ${this.sizes.length} chunk(s) unanswered`)));
+    if (head.length) this.answers(head.toString("utf8"));
+  }
+
+  private answers(text: string): void {
+    this.pending += text;
+    let nl: number;
+    while ((nl = this.pending.indexOf("\n")) >= 0) {
+      const line = this.pending.slice(0, nl);
+      this.pending = this.pending.slice(nl + 1);
+      let a: { result?: string; status?: number; error?: string };
+      try {
+        a = JSON.parse(line) as typeof a;
+      } catch {
+        a = { status: 502, error: `not an answer: ${line.slice(0, 200)}` };
+      }
+      if (a.error !== undefined || a.status !== undefined) {
+        this.fail(answerError(a.status ?? 500, this.where, a));
+        return;
+      }
+      const n = this.sizes.shift();
+      if (n === undefined) {
+        this.fail(new Error(`${this.where}: an answer for a chunk that was not sent`));
+        return;
+      }
+      this.onAnswer(n);
+      this.arm();
+    }
+  }
+
+  /** The idle timer runs only while chunks wait for their answer (waiting for the upstream is not this link's stall). */
+  private arm(): void {
+    clearTimeout(this.idle);
+    this.idle = undefined;
+    if (this.sizes.length === 0) {
+      for (const r of this.settled.splice(0)) r();
+      return;
+    }
+    this.idle = setTimeout(
+      () => this.fail(new Error(`${this.where}: ${this.sizes.length} chunk(s) unanswered for ${SENDER_TIMING.requestIdleMs} ms`)),
+      SENDER_TIMING.requestIdleMs,
+    );
+  }
+
+  private fail(err: Error): void {
+    // After finish() or close() the end of the connection is ours, not a failure.
+    if (this.error || this.closedCleanly) return;
+    this.error = err;
+    clearTimeout(this.idle);
+    this.socket.destroy();
+    for (const r of this.settled.splice(0)) r();
+  }
+
+  /** Writes one chunk; resolves once the connection took it (its answer comes later). */
+  async send(f: number, c: number, data: Buffer): Promise<void> {
+    if (this.error) throw this.error;
+    const header = Buffer.alloc(FRAME_HEADER_BYTES);
+    header.writeUInt32BE(f, 0);
+    header.writeUInt32BE(c, 4);
+    this.sizes.push(data.length);
+    if (this.sizes.length === 1) this.arm();
+    this.socket.write(header);
+    if (!this.socket.write(data))
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.socket.off("drain", done);
+          this.socket.off("close", done);
+          resolve();
+        };
+        this.socket.on("drain", done);
+        this.socket.on("close", done);
+      });
+    if (this.error) throw this.error;
+  }
+
+  /** Waits until every chunk sent is answered, then ends the stream; throws what went wrong. */
+  async finish(): Promise<void> {
+    if (this.sizes.length && !this.error) await new Promise<void>((r) => this.settled.push(r));
+    if (this.error) throw this.error;
+    this.closedCleanly = true;
+    clearTimeout(this.idle);
+    this.socket.end();
+  }
+
+  close(): void {
+    this.closedCleanly = true;
+    clearTimeout(this.idle);
+    this.socket.destroy();
   }
 }
 
@@ -415,17 +586,18 @@ export class Forwarder {
     token: string,
     caPem: string,
     private readonly log: (m: string) => void = () => undefined,
-    /** Chunk requests in flight on this link (SENDER_TIMING.window unless told). */
-    private readonly window = SENDER_TIMING.window,
   ) {
     this.status = { url: target.url, state: "sending", bytesSent: 0, resumes: 0, bytesNotResent: 0, bytesSentSinceResume: 0, skipped: false };
-    this.link = new StagingLink(target.url, token, caPem, window);
+    this.link = new StagingLink(target.url, token, caPem);
     this.done = this.run().finally(() => this.link.close());
   }
 
   stop(): void {
     this.stopped = true;
+    this.stream?.close();
   }
+
+  private stream?: ChunkStream;
 
   private async run(): Promise<void> {
     const m = this.source.manifest;
@@ -452,35 +624,26 @@ export class Forwarder {
         }
         const missing: [number, number][] = [];
         for (let f = 0; f < m.files.length; f++) for (let c = 0; c < m.files[f].chunks.length; c++) if (st.have[f]?.[c] !== "1") missing.push([f, c]);
-        // this.window requests in flight, in chunk order: the link does not idle while the receiver checks a chunk.
-        let next = 0;
-        let abort = false;
-        const worker = async () => {
-          while (!abort && !this.stopped && next < missing.length) {
-            const [f, c] = missing[next++];
+        const stream = await this.link.openStream(m.image, (n) => {
+          this.status.bytesSent += n;
+          this.status.bytesSentSinceResume += n;
+          lastProgress = Date.now();
+        });
+        this.stream = stream;
+        try {
+          for (const [f, c] of missing) {
             await this.source.ready(f, c);
-            if (abort || this.stopped) return;
+            if (this.stopped) return;
             // A new run reached the source: the child is told (a start) before it gets more.
             if (this.source.run !== run) throw new RunChanged();
             // Waiting for the upstream is not this link's stall.
             lastProgress = Math.max(lastProgress, Date.now());
-            const data = await this.source.read(f, c);
-            await this.link.sendChunk(m.image, f, c, data);
-            this.status.bytesSent += data.length;
-            this.status.bytesSentSinceResume += data.length;
-            lastProgress = Date.now();
+            await stream.send(f, c, await this.source.read(f, c));
           }
-        };
-        const results = await Promise.allSettled(
-          Array.from({ length: this.window }, () =>
-            worker().catch((err: unknown) => {
-              abort = true;
-              throw err;
-            }),
-          ),
-        );
-        const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
-        if (failed) throw failed.reason;
+          await stream.finish();
+        } finally {
+          stream.close();
+        }
         if (this.stopped) return;
         if (this.source.run !== run) throw new RunChanged();
         this.status.state = "done";
@@ -912,11 +1075,111 @@ export class StagingService {
     return [200, { chunk: c, file: mf.name, result, state: s.state }];
   }
 
+  /**
+   * A chunk stream (server.ts hands it every upgrade request of the TLS
+   * listener, with the token check to run first): the session must exist; frames are read one chunk at a time
+   * (the connection paused while a chunk is checked and written), each answered
+   * with one line; the first refusal is answered and ends the stream.
+   */
+  stream(req: http.IncomingMessage, socket: Duplex, head: Buffer, authenticate: () => void): void {
+    const refuse = (err: unknown) => {
+      // An upgraded connection is outside the server's request timeouts: anything but a started session's stream is answered and closed.
+      const status = err instanceof AgentRefusal ? err.status : 500;
+      const text = JSON.stringify({ error: (err as Error).message });
+      socket.end(
+        `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ""}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
+      );
+    };
+    let s: Session;
+    try {
+      authenticate();
+      const m = /^\/v1\/staging\/([0-9a-f]{64})\/stream$/.exec(new URL(req.url ?? "/", "http://agent").pathname);
+      if (!m) throw new AgentRefusal(404, `no such endpoint: expected /v1/staging/<image id>/stream`);
+      if (req.method !== "GET" || req.headers.upgrade !== STREAM_PROTOCOL) throw new AgentRefusal(400, `expected GET with Upgrade: ${STREAM_PROTOCOL}`);
+      const found = this.sessions.get(m[1]);
+      if (!found) throw new AgentRefusal(409, `no staging of image ${m[1]} was started here: POST /v1/staging/${m[1]} first`);
+      s = found;
+    } catch (err) {
+      refuse(err);
+      return;
+    }
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${STREAM_PROTOCOL}\r\n\r\n`);
+    receiveChunks(s, socket, head);
+  }
+
   /** Stops every forwarder and closes the files (the agent is exiting). */
   async close(): Promise<void> {
     for (const s of this.sessions.values()) for (const f of s.forwarders) f.stop();
     await Promise.allSettled([...this.sessions.values()].map((s) => s.settle()));
   }
+}
+
+/** The receiving end of a chunk stream: frames parsed as they arrive, never more than one chunk (and one TLS record) held. */
+function receiveChunks(s: Session, socket: Duplex, head: Buffer): void {
+  const parts: Buffer[] = head.length ? [head] : [];
+  let held = head.length;
+  let frame: { f: number; c: number; len: number } | undefined;
+  let busy = false;
+  let ended = false;
+  let over = false;
+  (socket as net.Socket).setTimeout(STREAM_IDLE_MS, () => socket.destroy());
+  socket.on("error", () => socket.destroy());
+  const take = (n: number): Buffer => {
+    const all = parts.length === 1 ? parts[0] : Buffer.concat(parts, held);
+    parts.length = 0;
+    if (all.length > n) parts.push(all.subarray(n));
+    held = all.length - n;
+    return all.subarray(0, n);
+  };
+  const pump = async (): Promise<void> => {
+    if (busy || over) return;
+    busy = true;
+    try {
+      for (;;) {
+        if (!frame) {
+          if (held < FRAME_HEADER_BYTES) break;
+          const h = take(FRAME_HEADER_BYTES);
+          const f = h.readUInt32BE(0);
+          const c = h.readUInt32BE(4);
+          const mf = s.manifest.files[f];
+          if (!mf || c >= mf.chunks.length) throw new AgentRefusal(404, `image ${s.manifest.image} has no chunk ${c} of file ${f}`);
+          frame = { f, c, len: chunkLength(mf, s.manifest.chunkSize, c) };
+        }
+        if (held < frame.len) break;
+        const { f, c, len } = frame;
+        frame = undefined;
+        // A copy: the chunk outlives the buffers it arrived in (it is written and may be forwarded).
+        const data = Buffer.from(take(len));
+        socket.pause();
+        const result = await s.accept(f, c, data);
+        socket.resume();
+        socket.write(JSON.stringify({ file: f, chunk: c, result }) + "\n");
+      }
+      if (ended) {
+        if (frame || held) throw new AgentRefusal(400, "the stream ended inside a chunk");
+        over = true;
+        socket.end();
+      }
+    } catch (err) {
+      over = true;
+      const status = err instanceof AgentRefusal ? err.status : 500;
+      socket.end(JSON.stringify({ status, error: (err as Error).message }) + "\n");
+      setTimeout(() => socket.destroy(), 1000).unref();
+    } finally {
+      busy = false;
+    }
+  };
+  socket.on("data", (d: Buffer) => {
+    if (over) return;
+    parts.push(d);
+    held += d.length;
+    void pump();
+  });
+  socket.on("end", () => {
+    ended = true;
+    void pump();
+  });
+  void pump();
 }
 
 /** Reads exactly len bytes of body (the chunk), refusing more. */

@@ -20,6 +20,7 @@ import {
   Forwarder,
   ForwardStatus,
   signManifest,
+  STAGED_FILES,
   StagingLink,
   StagingStatus,
   StagingTarget,
@@ -59,6 +60,8 @@ export interface StagedHost {
   link?: ForwardStatus;
   /** The controller sent to it directly after its tree sender gave up. */
   repaired: boolean;
+  /** Seconds from the start until the controller saw it complete (polled every 100 ms). */
+  completeAfter?: number;
 }
 
 export interface StageResult {
@@ -85,6 +88,25 @@ export function stagingTree(hosts: StageHost[], fanout: number): StagingTarget[]
       .map(node),
   });
   return hosts.length ? [node(0)] : [];
+}
+
+/**
+ * The tree shape that stages an image of `chunks` chunks to `hosts` hosts
+ * soonest, with every host's link equal and capped both ways: an inner host
+ * feeds its k children over its one uplink (k copies of every chunk), and
+ * each level adds about k chunks' wire time of lag, so the last host is done
+ * after about k·(chunks + depth) chunk times. A chain (k = 1) wins while the
+ * hosts are fewer than about the image's chunks; a tree beyond that.
+ */
+export function stagingFanout(hosts: number, chunks: number): number {
+  const depth = (k: number) => {
+    let d = 0;
+    for (let reach = 1, level = 1; reach < hosts; d++) reach += level *= k;
+    return d;
+  };
+  let best = 1;
+  for (let k = 2; k <= 4; k++) if (k * (chunks + depth(k)) < best * (chunks + depth(best))) best = k;
+  return best;
 }
 
 function parentIndex(i: number, fanout: number, mode: StageOptions["mode"]): number | undefined {
@@ -120,14 +142,14 @@ export async function stageImage(imageId: string, hosts: StageHost[], o: StageOp
   const source = await FileSource.open(dir, manifest, signed, false, run);
   const roots = o.mode === "tree" ? stagingTree(hosts, fanout) : hosts.map((h) => ({ url: h.url, children: [] }));
   const t0 = process.hrtime.bigint();
-  // Centrally every host's link shares the controller's: one request in flight each is enough to fill it.
-  const window = o.mode === "central" ? 1 : undefined;
-  const senders = new Map<string, Forwarder>(roots.map((r) => [r.url, new Forwarder(source, r, o.token, o.ca.cert, log, window)]));
+  const senders = new Map<string, Forwarder>(roots.map((r) => [r.url, new Forwarder(source, r, o.token, o.ca.cert, log)]));
   const repaired = new Set<string>();
   const watch = hosts.map((h) => new StagingLink(h.url, o.token, o.ca.cert));
   const statuses: (StagingStatus | undefined)[] = hosts.map(() => undefined);
   const deadline = Date.now() + (o.timeoutMs ?? 600000);
   let finishedAt: bigint | undefined;
+  // When the controller first saw each host complete (it asks every 100 ms): where a pipeline's time goes.
+  const completedAt: (number | undefined)[] = hosts.map(() => undefined);
   try {
     for (;;) {
       await Promise.all(
@@ -137,6 +159,7 @@ export async function stageImage(imageId: string, hosts: StageHost[], o: StageOp
             const st = await l.status(imageId);
             // What a host says about an earlier run (before our start reached it) is not an answer.
             if (st.run === run) statuses[i] = st;
+            if (st.run === run && st.state === "complete") completedAt[i] ??= Number(process.hrtime.bigint() - t0) / 1e9;
           } catch {
             // Unreachable for now (a link down): asked again next round.
           }
@@ -154,7 +177,7 @@ export async function stageImage(imageId: string, hosts: StageHost[], o: StageOp
           log(`staging ${imageId.slice(0, 12)}: host ${h.host} (${h.url}) lost its sender (${link?.error ?? "its parent failed"}); sending to it directly`);
           repaired.add(h.url);
           senders.get(h.url)?.stop();
-          senders.set(h.url, new Forwarder(source, { url: h.url, children: [] }, o.token, o.ca.cert, log, window));
+          senders.set(h.url, new Forwarder(source, { url: h.url, children: [] }, o.token, o.ca.cert, log));
         }
       });
       const refused = hosts.filter((_, i) => repaired.has(hosts[i].url) && senders.get(hosts[i].url)?.status.state === "failed");
@@ -193,6 +216,7 @@ export async function stageImage(imageId: string, hosts: StageHost[], o: StageOp
         chunksRefused: s.chunksRefused,
         ...(link ? { link } : {}),
         repaired: repaired.has(h.url),
+        ...(completedAt[i] !== undefined ? { completeAfter: completedAt[i] } : {}),
       };
     });
     return {
@@ -217,9 +241,11 @@ export async function stageImage(imageId: string, hosts: StageHost[], o: StageOp
 
 /**
  * Stages a cluster's image to every host of a `static` cluster whose agents
- * keep their own image store (StaticHost.ownImageStore): down the cluster's
- * k-ary tree (allocation.fanout), from the controller's store
- * (launch.imageStore). To be called before the cluster's VMs are created.
+ * keep their own image store (StaticHost.ownImageStore), from the
+ * controller's store (launch.imageStore), pipelined down the tree shape that
+ * finishes soonest (stagingFanout: a chain for a cluster of fewer hosts than
+ * the image has chunks; allocation.fanout shapes the bootstrap, not this).
+ * To be called before the cluster's VMs are created.
  */
 export async function stageClusterImage(
   req: import("./allocator").AllocationRequest,
@@ -230,7 +256,9 @@ export async function stageClusterImage(
   if (!state.ca) throw new Error(`cluster ${req.clusterName}: its agents serve no TLS (no cluster CA): they share this machine's image store`);
   const { clusterCa } = require("./static") as typeof import("./static");
   const ca = await clusterCa(req.clusterDir, req.clusterKey);
-  const fanout = (req.allocation as { fanout?: number }).fanout ?? 2;
+  const size = (f: string) => fs.statSync(path.join(req.launch.imageStore, imageId, f), { throwIfNoEntry: false })?.size ?? 0;
+  const bytes = STAGED_FILES.reduce((n, f) => n + size(f), 0);
+  const fanout = stagingFanout(state.agents.length, Math.ceil(bytes / DEFAULT_CHUNK_BYTES));
   return stageImage(
     imageId,
     state.agents.map((a) => ({ host: a.host, url: a.url })),

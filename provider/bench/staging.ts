@@ -19,7 +19,7 @@ import { newClusterToken } from "../agent/protocol";
 import { AgentLaunch } from "../allocation/local";
 import { capHostLink, NetnsHosts, netnsLeftovers, setUpNetnsHosts, tearDownNetnsHosts } from "../allocation/netns";
 import { clusterCa, startStaticAgent, StaticAgentRecord, stopStaticCluster } from "../allocation/static";
-import { stageImage, StageResult } from "../allocation/staging";
+import { stageImage, StageResult, stagingFanout } from "../allocation/staging";
 import { clusterKey } from "../drivers/network";
 import { hostKernel } from "../image/busybox";
 
@@ -53,6 +53,10 @@ export interface StagingBenchResult {
   chain: StagingRun & { fanout: number };
   central: StagingRun;
   target: number;
+  /** When each host of the chain was seen complete (s from the start, polled every 100 ms), in chain order. */
+  chainCompleteAfter?: number[];
+  /** The shape a VirtualCluster stages this image to these hosts with (stagingFanout). */
+  clusterFanout?: number;
 }
 
 function rateBits(): number {
@@ -158,6 +162,8 @@ export async function stagingBench(tmp: string, log: (m: string) => void = conso
       chain: { ...run(chain), fanout: 1 },
       central: run(central),
       target: STAGING_TARGET_RATIO,
+      clusterFanout: stagingFanout(HOSTS, Math.ceil(bytes / CHUNK_BYTES)),
+      chainCompleteAfter: chain.hosts.map((h) => h.completeAfter ?? NaN),
     };
   } finally {
     try {
@@ -187,7 +193,7 @@ export function stagingMarkdown(s: StagingBenchResult & { date: string }): strin
     `| chain (tree k=${s.chain.fanout}), pipelined | ${s.chain.hostsStaged} | ${sec(s.chain.seconds)} | ${s.chain.ratio.toFixed(2)}× | ${mib(s.chain.controllerBytesSent)} | ${verdict(s.chain.ratio)} |`,
     `| central: the controller sends to every host | ${s.central.hostsStaged} | ${sec(s.central.seconds)} | ${s.central.ratio.toFixed(2)}× | ${mib(s.central.controllerBytesSent)} | |`,
     "",
-    `A host's uplink is capped like its downlink, so an inner host of the k=2 tree feeds its two children at half the rate each (at best k copies' time); the chain keeps every link at full rate and pays a lag per level: here ${sec((s.chain.seconds - s.oneCopy.seconds) / (s.hosts - 1))} per host ((chain − one copy) / ${s.hosts - 1}), against ${sec((s.chunkBytes * 8) / (s.wireSeconds > 0 ? (s.image.bytes * 8) / s.wireSeconds : 1))} for one chunk on the wire; the rest is not broken down here (likely queueing in the tc tbf queues, up to 100 ms each and two per hop, and the agents' CPU on a 2-core machine shared with other work: load average in the header).`,
+    `Chunks follow each other on one TLS stream per link (provider/agent/staging.ts), so a chunk is whole at a child one chunk's wire time after it was whole at its parent. A host's uplink is capped like its downlink, so an inner host of the k=2 tree feeds its two children at half the rate each (at best k copies' time); the chain keeps every link at full rate and pays a lag per level: here ${sec((s.chain.seconds - s.oneCopy.seconds) / (s.hosts - 1))} per host ((chain − one copy) / ${s.hosts - 1}), against ${sec((s.chunkBytes * 8) / (s.wireSeconds > 0 ? (s.image.bytes * 8) / s.wireSeconds : 1))} for one chunk on the wire.${s.chainCompleteAfter ? ` The chain's hosts were seen complete at ${s.chainCompleteAfter.map((x) => x.toFixed(2)).join(", ")} s (in chain order, polled every 100 ms).` : ""}${s.clusterFanout !== undefined ? ` A VirtualCluster picks the shape per image and cluster size (stagingFanout in provider/allocation/staging.ts: about k·(chunks + depth) chunk times for a k-ary tree): for this image and ${s.hosts} hosts, k=${s.clusterFanout}.` : ""}`,
     "",
   ];
 }

@@ -16,7 +16,7 @@ import { buildManifest, signManifest, STAGED_FILES, StagingLink, StagingRefused,
 import { AgentLaunch } from "../../provider/allocation/local";
 import { capHostLink, netnsLeftovers, NetnsHosts, setUpNetnsHosts, tearDownNetnsHosts } from "../../provider/allocation/netns";
 import { clusterCa, StaticAgentRecord, startStaticAgent, staticClient, stopStaticCluster } from "../../provider/allocation/static";
-import { StageHost, stageImage, StageOptions, stagingTree } from "../../provider/allocation/staging";
+import { StageHost, stageImage, StageOptions, stagingFanout, stagingTree } from "../../provider/allocation/staging";
 import { ClusterCa } from "../../provider/allocation/tls";
 import { clusterKey } from "../../provider/drivers/network";
 import { buildImage } from "../../provider/image/busybox";
@@ -91,6 +91,14 @@ afterAll(async () => {
   // Every agent (and VM) stopped on its own, before the namespaces were torn down.
   expect(left).toEqual([]);
   expect(await netnsLeftovers(TAG)).toEqual({ netns: [], links: [] });
+});
+
+test("the staging shape: a chain while the hosts are fewer than the image's chunks, a tree beyond", () => {
+  expect(stagingFanout(16, 96)).toBe(1);
+  expect(stagingFanout(2, 1)).toBe(1);
+  expect(stagingFanout(1024, 96)).toBe(2);
+  expect(stagingFanout(200, 96)).toBe(2);
+  expect(stagingFanout(64, 96)).toBe(1);
 });
 
 test("the tree is k-ary in host order", () => {
@@ -245,5 +253,70 @@ test("a hostile sender: a forged manifest and a corrupted chunk are refused, a p
     expect(fs.existsSync(path.join(storeOf(2), ".staging", id, "image"))).toBe(false);
   } finally {
     sender.close();
+  }
+});
+
+test("a hostile stream: no token, no session, a corrupted chunk, a frame for no chunk and a cut inside a chunk leave nothing of theirs", async () => {
+  const id = crypto.randomBytes(32).toString("hex");
+  const src = path.join(dir, "hostile-stream", id);
+  fs.mkdirSync(src, { recursive: true });
+  fs.writeFileSync(path.join(src, "vmlinuz"), crypto.randomBytes(2 * 1024 * 1024 + 5));
+  fs.writeFileSync(path.join(src, "initrd.img"), crypto.randomBytes(512 * 1024));
+  fs.writeFileSync(path.join(src, "image.json"), JSON.stringify({ id }));
+  const manifest = await buildManifest(src, id, 1024 * 1024);
+  const signed = signManifest(manifest, fs.readFileSync(ca.keyFile));
+  const chunk = (f: number, c: number) => fs.readFileSync(path.join(src, STAGED_FILES[f])).subarray(c * 1024 * 1024, (c + 1) * 1024 * 1024);
+  const sender = new StagingLink(targets[1].url, launch.token, ca.cert);
+  const stranger = new StagingLink(targets[1].url, `vse1.${launch.token.split(".")[1]}.${"0".repeat(64)}`, ca.cert);
+  try {
+    await expect(stranger.openStream(id, () => undefined)).rejects.toMatchObject({ status: 401 });
+    await expect(sender.openStream(id, () => undefined)).rejects.toMatchObject({ status: 409 });
+    await sender.start(id, signed, [], RUN);
+
+    let stream = await sender.openStream(id, () => undefined);
+    const bad = Buffer.from(chunk(0, 1));
+    bad[7] ^= 1;
+    await stream.send(0, 0, chunk(0, 0));
+    await stream.send(0, 1, bad);
+    const refused = await stream.finish().catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(StagingRefused);
+    expect((refused as StagingRefused).status).toBe(422);
+    let s = await sender.status(id);
+    // The good chunk before it stands; the corrupted one was not written.
+    expect(s).toMatchObject({ state: "receiving", bytesVerified: 1024 * 1024, chunksRefused: 1, have: ["100", "0", "0"] });
+
+    stream = await sender.openStream(id, () => undefined);
+    const noSuchChunk = stream;
+    // The refusal may come while the frame is still being written, or after.
+    await expect((async () => (await noSuchChunk.send(0, 7, chunk(0, 1)), await noSuchChunk.finish()))()).rejects.toMatchObject({ status: 404 });
+
+    // Half a chunk, then the connection is gone: nothing of it is kept.
+    stream = await sender.openStream(id, () => undefined);
+    await stream.send(0, 1, chunk(0, 1).subarray(0, 300 * 1024));
+    stream.close();
+    await sleep(500);
+    s = await sender.status(id);
+    expect(s).toMatchObject({ state: "receiving", bytesVerified: 1024 * 1024, have: ["100", "0", "0"] });
+
+    // The rest, in one stream, answered chunk by chunk.
+    let answered = 0;
+    stream = await sender.openStream(id, (n) => (answered += n));
+    const rest: [number, number][] = [
+      [0, 1],
+      [0, 2],
+      [1, 0],
+      [2, 0],
+    ];
+    for (const [f, c] of rest) await stream.send(f, c, chunk(f, c));
+    await stream.finish();
+    stream.close();
+    const total = manifest.files.reduce((n, f) => n + f.size, 0);
+    expect(answered).toBe(total - 1024 * 1024);
+    s = await sender.status(id);
+    expect(s).toMatchObject({ state: "complete", bytesVerified: total, chunksRefused: 1 });
+    for (const f of STAGED_FILES) expect(fs.readFileSync(path.join(storeOf(1), id, f)).equals(fs.readFileSync(path.join(src, f)))).toBe(true);
+  } finally {
+    sender.close();
+    stranger.close();
   }
 });
