@@ -334,7 +334,10 @@ export async function vmRead(id: string, props: VirtualMachineOutputs): Promise<
   try {
     const client = clientOf(props);
     const v = await client.getVm(props.vmName);
-    return { id, props: { ...outputsFrom(props, v, props.jobSeconds), accounting: await accountingOf(client, props.vmName) } };
+    const read = outputsFrom(props, v, props.jobSeconds);
+    // A VM the cluster's recovery restarted elsewhere keeps saying so on every refresh, until `up` moves it back.
+    if (read.message === null && props.message?.startsWith(`restarted on host ${props.host} `)) read.message = props.message;
+    return { id, props: { ...read, accounting: await accountingOf(client, props.vmName) } };
   } catch (err) {
     if (!(err instanceof AgentError && err.status === 0)) throw err;
     const ended = await endedAllocation(props);
