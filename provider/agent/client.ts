@@ -61,6 +61,35 @@ export interface AgentClientOptions {
   ca?: string | Buffer;
 }
 
+// One client SecureContext per pinned CA in this process: building one per connection (what tls.connect does
+// without it) cost more CPU than the handshake itself when 1,024 agents shared two cores (bench/bootstrap.ts).
+const pinnedContexts = new Map<string, tls.SecureContext>();
+
+function pinnedContext(ca: string | Buffer, caFingerprint: string): tls.SecureContext {
+  const key = `${caFingerprint}\n${String(ca)}`;
+  let c = pinnedContexts.get(key);
+  if (!c) {
+    if (pinnedContexts.size >= 16) pinnedContexts.clear();
+    c = tls.createSecureContext({ ca, minVersion: "TLSv1.3" });
+    pinnedContexts.set(key, c);
+  }
+  return c;
+}
+
+// TLS 1.3 session tickets, by pinned CA and endpoint, kept only from connections that passed the checks below:
+// a repeated connection (a parent check, a watch that reconnects, a report's hop) resumes without certificates
+// or signatures. Resuming proves the server holds the secret of that verified handshake, so the pin holds
+// (node skips checkServerIdentity on a resumed session for that reason); a server that cannot resume (another
+// process, restarted, an impostor) gets the full handshake and every check again.
+const sessions = new Map<string, Buffer>();
+const MAX_SESSIONS = 8192;
+
+function keepSession(key: string, session: Buffer): void {
+  sessions.delete(key);
+  if (sessions.size >= MAX_SESSIONS) sessions.delete(sessions.keys().next().value as string);
+  sessions.set(key, session);
+}
+
 /**
  * Connects to an https:// agent and resolves only once its certificate chains
  * to the pinned CA and names exactly this address (IP SAN); nothing is written
@@ -68,12 +97,16 @@ export interface AgentClientOptions {
  */
 export function connectPinned(address: string, port: number, ca: string | Buffer, caFingerprint: string, timeoutMs: number): Promise<tls.TLSSocket> {
   const url = `https://${address}:${port}`;
+  const sessionKey = `${caFingerprint} ${address}:${port}`;
+  const session = sessions.get(sessionKey);
   return new Promise((resolve, reject) => {
+    let verified = false;
+    let ticket: Buffer | undefined;
     const sock = tls.connect({
       host: address,
       port,
-      ca,
-      minVersion: "TLSv1.3",
+      secureContext: pinnedContext(ca, caFingerprint),
+      ...(session ? { session } : {}),
       rejectUnauthorized: true,
       checkServerIdentity: (_host, cert) => {
         const wrongName = tls.checkServerIdentity(address, cert);
@@ -86,6 +119,10 @@ export function connectPinned(address: string, port: number, ca: string | Buffer
       },
     });
     const timer = setTimeout(() => sock.destroy(new Error(`no TLS handshake within ${timeoutMs} ms`)), timeoutMs);
+    sock.on("session", (s: Buffer) => {
+      if (verified) keepSession(sessionKey, s);
+      else ticket = s;
+    });
     sock.once("secureConnect", () => {
       clearTimeout(timer);
       if (!sock.authorized) {
@@ -93,14 +130,40 @@ export function connectPinned(address: string, port: number, ca: string | Buffer
         reject(new AgentError(0, `agent ${url}: refusing to send the token, its certificate is not trusted: ${String(sock.authorizationError)}`));
         return;
       }
+      verified = true;
+      if (ticket) keepSession(sessionKey, ticket);
       sock.removeAllListeners("error");
       resolve(sock);
     });
     sock.once("error", (err) => {
       clearTimeout(timer);
+      // A ticket that led to an error is not offered again.
+      if (session && sessions.get(sessionKey) === session) sessions.delete(sessionKey);
       reject(new AgentError(0, `agent ${url}: refusing to send the token, TLS with the cluster's CA failed: ${err.message}`));
     });
   });
+}
+
+// CA certificates already checked, by PEM: a process makes a client per peer and per check (a bootstrap tree, the
+// heartbeat graph), and parsing the same CA each time was a large part of a 1,024-agent bootstrap's CPU.
+const checkedCas = new Map<string, string>();
+
+/** The fingerprint of the one CA certificate in ca (PEM); throws, naming url, when it is not exactly one CA certificate. */
+function checkedCa(url: string, ca: string | Buffer): string {
+  const pem = String(ca);
+  const known = checkedCas.get(pem);
+  if (known) return known;
+  let x: crypto.X509Certificate;
+  try {
+    x = new crypto.X509Certificate(ca);
+  } catch (err) {
+    throw new AgentError(0, `agent ${url}: ca: expected a PEM certificate (${(err as Error).message})`);
+  }
+  const count = pem.split("-----BEGIN CERTIFICATE-----").length - 1;
+  if (!x.ca || count !== 1) throw new AgentError(0, `agent ${url}: ca: expected exactly one CA certificate, the cluster's`);
+  if (checkedCas.size >= 16) checkedCas.clear();
+  checkedCas.set(pem, x.fingerprint256);
+  return x.fingerprint256;
 }
 
 /**
@@ -120,15 +183,7 @@ export class AgentClient {
     this.endpoint = parseAgentUrl(url);
     if (this.endpoint.kind === "https") {
       if (opts.ca === undefined) throw new AgentError(0, `agent ${url}: an https agent needs the cluster's CA certificate (ca option)`);
-      let x: crypto.X509Certificate;
-      try {
-        x = new crypto.X509Certificate(opts.ca);
-      } catch (err) {
-        throw new AgentError(0, `agent ${url}: ca: expected a PEM certificate (${(err as Error).message})`);
-      }
-      const count = String(opts.ca).split("-----BEGIN CERTIFICATE-----").length - 1;
-      if (!x.ca || count !== 1) throw new AgentError(0, `agent ${url}: ca: expected exactly one CA certificate, the cluster's`);
-      this.ca = { pem: opts.ca, fingerprint256: x.fingerprint256 };
+      this.ca = { pem: opts.ca, fingerprint256: checkedCa(url, opts.ca) };
     }
   }
 

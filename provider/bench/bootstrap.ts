@@ -12,7 +12,9 @@
 // Certificates are issued before (16 addresses) and not timed; T is from
 // the controller's first launch to every agent having answered.
 import * as fs from "fs";
+import * as os from "os";
 import * as path from "path";
+import { procTimes } from "../agent/accounting";
 import { newClusterToken } from "../agent/protocol";
 import { bootstrapTree, ChildLauncher, ProcessLink, subtreeHeight, TreeAgentInfo, TreeHost } from "../agent/tree";
 import { launchCommand } from "../allocation/launcher";
@@ -20,12 +22,14 @@ import { killNetnsProcesses, netnsPids, setUpNetnsHosts, tearDownNetnsHosts } fr
 import { issueHostCredentials } from "../allocation/static";
 import { ensureClusterCa } from "../allocation/tls";
 import { clusterKey } from "../drivers/network";
-import { processOf, TREE_HOST_MAIN } from "./tree-host";
+import { processOf, treeHostArgv } from "./tree-host";
 
 export const BOOTSTRAP_TAG = "btree";
 export const BOOTSTRAP_SUBNET = "10.214.0.0/24";
 export const BOOTSTRAP_NS_HOSTS = 16;
-export const BOOTSTRAP_SIZES = [16, 64, 256, 1024];
+// VSE_BENCH_BOOTSTRAP_SIZES and _MODES (e.g. 1024 and tree2,flat) run a part, for a look at one point or a profile.
+export const BOOTSTRAP_SIZES = (process.env.VSE_BENCH_BOOTSTRAP_SIZES ?? "16,64,256,1024").split(",").map((x) => Number(x.trim()));
+const MODES = (process.env.VSE_BENCH_BOOTSTRAP_MODES ?? "tree2,tree4,flat").split(",").map((x) => x.trim());
 export const BOOTSTRAP_TARGET = { ratio1024to64: 1.7 };
 const BASE_PORT = 20000;
 /** Runs of each (N, mode), interleaved; the median is reported (other helpers' tests share the machine). */
@@ -50,6 +54,11 @@ export interface BootstrapRun {
   allServingSeconds: number;
   /** From the last agent serving to the controller's answer: the handshakes and reports still on the way up. */
   tailSeconds: number;
+  /** The machine's 1-minute load average as the run began. */
+  loadAverage: number;
+  /** CPU time (user + system) of the agents' processes from their start to the controller's answer, and of the controller in that time. */
+  cpuSeconds: number;
+  controllerCpuSeconds: number;
 }
 
 export interface BootstrapResult {
@@ -73,7 +82,7 @@ function benchLauncher(): { launcher: ChildLauncher; links: Map<string, ProcessL
     let link = links.get(ns);
     if (!link) {
       const dir = path.join(payload.clusterDir, `proc-${child}`);
-      link = new ProcessLink(launchCommand(payload.hosts[child], [process.execPath, TREE_HOST_MAIN, "--tree", "--state-dir", dir]), `${dir}.log`);
+      link = new ProcessLink(launchCommand(payload.hosts[child], treeHostArgv(dir)), `${dir}.log`);
       links.set(ns, link);
     }
     return link.launch(child, payload);
@@ -114,10 +123,10 @@ export async function bootstrapBench(tmp: string, log: (m: string) => void = con
     );
     const imageStore = path.join(dir, "images");
     const modes = [
-      { mode: "tree", fanout: 2, flat: false },
-      { mode: "tree", fanout: 4, flat: false },
-      { mode: "flat", fanout: 2, flat: true },
-    ];
+      { name: "tree2", mode: "tree", fanout: 2, flat: false },
+      { name: "tree4", mode: "tree", fanout: 4, flat: false },
+      { name: "flat", mode: "flat", fanout: 2, flat: true },
+    ].filter((m) => MODES.includes(m.name));
     let run = 0;
     for (const n of BOOTSTRAP_SIZES) {
       const byMode = new Map<(typeof modes)[number], BootstrapRun[]>();
@@ -137,6 +146,8 @@ export async function bootstrapBench(tmp: string, log: (m: string) => void = con
           });
           const clusterDir = path.join(dir, `run-${run++}`);
           const { launcher } = benchLauncher();
+          const loadAverage = os.loadavg()[0];
+          const cpu0 = process.cpuUsage();
           const t0 = Date.now();
           const boot = await bootstrapTree({
             clusterDir,
@@ -152,6 +163,10 @@ export async function bootstrapBench(tmp: string, log: (m: string) => void = con
             launcher,
           });
           const t1 = Date.now();
+          const cpu1 = process.cpuUsage(cpu0);
+          // Every agent process's CPU so far (they started with this run): what the N agents cost, beside the wall time.
+          const pids = (await Promise.all(plan.hosts.map((h) => netnsPids(h.netns)))).flat();
+          const cpuSeconds = pids.reduce((sum, pid) => sum + (procTimes(pid)?.cpuSeconds ?? 0), 0);
           const agents: TreeAgentInfo[] = boot.agents;
           if (agents.length !== n || new Set(agents.map((a) => a.url)).size !== n)
             throw new Error(`${m.mode} k=${m.fanout} N=${n}: ${agents.length} agents answered, expected ${n} distinct`);
@@ -172,6 +187,9 @@ export async function bootstrapBench(tmp: string, log: (m: string) => void = con
             inProcessMs: median(inProc.map((a) => a.timing.servingAt - a.timing.launchAt)),
             allServingSeconds: (lastServing - t0) / 1000,
             tailSeconds: (t1 - lastServing) / 1000,
+            loadAverage,
+            cpuSeconds,
+            controllerCpuSeconds: (cpu1.user + cpu1.system) / 1e6,
           };
           byMode.set(m, [...(byMode.get(m) ?? []), r]);
           log(`bootstrap ${m.mode}${m.flat ? "" : ` k=${m.fanout}`} N=${n}: ${r.seconds.toFixed(2)} s (${JSON.stringify(r)})`);
@@ -191,7 +209,7 @@ export async function bootstrapBench(tmp: string, log: (m: string) => void = con
   }
   const t = (mode: string, fanout: number, n: number) => runs.find((r) => r.mode === mode && r.fanout === fanout && r.n === n)?.seconds ?? NaN;
   return {
-    note: "Agents share a process per namespace host (at most 16 processes: bench/tree-host.ts); each agent is a real Agent with its own TLS listener on its own port and does every handshake over a real socket. 16 namespace hosts on one 2-core machine: every agent's CPU is this machine's. Agent state on tmpfs (/dev/shm), so that 1,024 agents do not queue their fsyncs on one disk. Parent checks every 5 s (agents' default: 1 s).",
+    note: "Agents share a process per namespace host (at most 16 processes: bench/tree-host.ts); each agent is a real Agent with its own TLS listener (its own listening socket and port; the agents of a process share one TLS context for their host's certificate) and does every handshake over a real socket. 16 namespace hosts on one 2-core machine shared with other work (load average per run below): every agent's CPU is this machine's. Agent state on tmpfs (/dev/shm), so that 1,024 agents do not queue their fsyncs on one disk. Parent checks every 5 s (agents' default: 1 s).",
     runs,
     ratios: {
       "tree k=2": t("tree", 2, 1024) / t("tree", 2, 64),
@@ -210,25 +228,28 @@ export function bootstrapMarkdown(b: BootstrapResult & { date: string }): string
     return r ? `${r.seconds.toFixed(2)} s` : "";
   };
   const tr = b.ratios["tree k=2"];
+  const sizes = [...new Set(b.runs.map((r) => r.n))].sort((x, y) => x - y);
+  const num = (x: number | undefined, d: number, unit: string) => (x === undefined || !Number.isFinite(x) ? "–" : `${x.toFixed(d)}${unit}`);
   return [
     `**Bootstrap of N agents** (${b.date.slice(0, 10)}; ${BOOTSTRAP_NS_HOSTS} namespace hosts; ${b.note} ${b.runs[0]?.all.length ?? 0} runs each, interleaved; the median shown, and its run's breakdown):`,
     "",
-    `| mode | ${BOOTSTRAP_SIZES.map((n) => `N=${n}`).join(" | ")} | T(1024)/T(64) |`,
-    `|---|${BOOTSTRAP_SIZES.map(() => "---|").join("")}---|`,
+    `| mode | ${sizes.map((n) => `N=${n}`).join(" | ")} | T(1024)/T(64) |`,
+    `|---|${sizes.map(() => "---|").join("")}---|`,
     ...labels.map((l) => {
       const key = l.startsWith("flat") ? "flat" : l;
-      return `| ${l} | ${BOOTSTRAP_SIZES.map((n) => cell(l, n)).join(" | ")} | ${b.ratios[key]?.toFixed(2) ?? ""} |`;
+      return `| ${l} | ${sizes.map((n) => cell(l, n)).join(" | ")} | ${num(b.ratios[key], 2, "")} |`;
     }),
     "",
-    `Target T(1024)/T(64) ≤ ${BOOTSTRAP_TARGET.ratio1024to64} for the tree (k=2): ${tr <= BOOTSTRAP_TARGET.ratio1024to64 ? "met" : "**not met**"} (${tr.toFixed(2)}).`,
+    `Target T(1024)/T(64) ≤ ${BOOTSTRAP_TARGET.ratio1024to64} for the tree (k=2): ${tr <= BOOTSTRAP_TARGET.ratio1024to64 ? "met" : "**not met**"} (${num(tr, 2, "")}).`,
     "",
-    "Where the time goes (per run: processes, tree depth, median launch → serving for a process spawn and for an in-process launch, time until the last agent served, and the tail of handshakes and reports after it):",
+    "Where the time goes (per run: processes, tree depth, median launch → serving for a process spawn and for an in-process launch, time until the last agent served, the tail of handshakes and reports after it; the CPU time of the agents' processes until the answer, per agent, and as cores over T; the controller's CPU; the machine's load average as the run began; every run's T):",
     "",
-    "| mode | N | processes | depth | spawn → serving | in-process → serving | last agent serving | tail |",
-    "|---|---|---|---|---|---|---|---|",
+    "| mode | N | processes | depth | spawn → serving | in-process → serving | last agent serving | tail | agents' CPU | per agent | cores over T | controller CPU | load average | runs |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ...b.runs.map(
       (r) =>
-        `| ${label(r)} | ${r.n} | ${r.processes} | ${r.depth} | ${Math.round(r.spawnMs)} ms | ${Number.isNaN(r.inProcessMs) ? "–" : `${Math.round(r.inProcessMs)} ms`} | ${r.allServingSeconds.toFixed(2)} s | ${r.tailSeconds.toFixed(2)} s |`,
+        `| ${label(r)} | ${r.n} | ${r.processes} | ${r.depth} | ${Math.round(r.spawnMs)} ms | ${Number.isNaN(r.inProcessMs) ? "–" : `${Math.round(r.inProcessMs)} ms`} | ${r.allServingSeconds.toFixed(2)} s | ${r.tailSeconds.toFixed(2)} s | ` +
+        `${num(r.cpuSeconds, 2, " s")} | ${num((r.cpuSeconds * 1000) / r.n, 1, " ms")} | ${num(r.cpuSeconds / r.seconds, 2, "")} | ${num(r.controllerCpuSeconds, 2, " s")} | ${num(r.loadAverage, 2, "")} | ${r.all.map((x) => x.toFixed(2)).join(", ")} |`,
     ),
     "",
   ];

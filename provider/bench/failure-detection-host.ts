@@ -12,11 +12,13 @@
 // Commands on stdin, one JSON per line: {"cmd":"start"} starts every agent's
 // heartbeats; {"cmd":"crash","agent":i} ends agent i as SIGKILL would (its
 // listener and every socket closed at once, nothing more sent), answering
-// {"crashed":i,"at":<ms>}; {"cmd":"stats"} answers the summed counters.
+// {"crashed":i,"at":<ms>}; {"cmd":"stats"} answers the summed counters, this
+// process's CPU time (µs) and its event loop's delay since the last stats.
 // Events on stdout: {"ready":true} once every listener serves.
 import * as fs from "fs";
 import * as https from "https";
 import type * as net from "net";
+import { monitorEventLoopDelay } from "perf_hooks";
 import * as readline from "readline";
 import { ClusterMonitor } from "../agent/heartbeat";
 import type { Membership } from "../agent/membership";
@@ -98,13 +100,16 @@ async function main(): Promise<void> {
     });
     hosted.push({ host: a.host, monitor, server, sockets });
   }
+  // How late this process's event loop ran (a starved process reads beats late): max and p99 between two stats.
+  const loopDelay = monitorEventLoopDelay({ resolution: 20 });
+  loopDelay.enable();
   send({ ready: true, agents: hosted.length });
   const rl = readline.createInterface({ input: process.stdin });
   rl.on("line", (line) => {
     const m = JSON.parse(line) as { cmd: string; agent?: number };
     if (m.cmd === "start") {
-      // Spread over a few seconds: 64 agents' 640 handshakes at once would only time each other out on a busy machine.
-      hosted.forEach((h, i) => setTimeout(() => h.monitor.start(), i * 100));
+      // All at once: the watches' handshakes queue per process in heartbeat.ts (MAX_CONNECTING), which paces them to the CPU.
+      for (const h of hosted) h.monitor.start();
       send({ started: true });
     } else if (m.cmd === "crash") {
       const h = hosted.find((x) => x.host === m.agent);
@@ -115,12 +120,16 @@ async function main(): Promise<void> {
       for (const s of h.sockets) s.destroy();
       send({ crashed: h.host, at });
     } else if (m.cmd === "stats") {
-      const sum = { beatsSent: 0, beatsReceived: 0, payloadBytesSent: 0, payloadBytesReceived: 0, heardAll: 0 };
+      const sum = { beatsSent: 0, beatsReceived: 0, payloadBytesSent: 0, payloadBytesReceived: 0, suspicions: 0, handshakes: 0, heardAll: 0 };
       for (const h of hosted) {
-        for (const k of ["beatsSent", "beatsReceived", "payloadBytesSent", "payloadBytesReceived"] as const) sum[k] += h.monitor.stats[k];
+        for (const k of ["beatsSent", "beatsReceived", "payloadBytesSent", "payloadBytesReceived", "suspicions", "handshakes"] as const)
+          sum[k] += h.monitor.stats[k];
         if (h.monitor.allHeard()) sum.heardAll++;
       }
-      send({ stats: sum });
+      const cpu = process.cpuUsage();
+      const delay = { loopDelayMaxMs: loopDelay.max / 1e6, loopDelayP99Ms: loopDelay.percentile(99) / 1e6 };
+      loopDelay.reset();
+      send({ stats: { ...sum, cpuMicros: cpu.user + cpu.system, ...delay } });
     }
   });
   rl.on("close", () => process.exit(0));

@@ -1,7 +1,12 @@
-// Failure detection at N = 1,024 (`npm run bench -- --only detection`, issue 9):
-// detection latency (an agent ends as by SIGKILL → the first report recorded by
-// the coordinator, and → the k-th of its watchers' reports) and heartbeat bytes
-// per second per agent.
+// Failure detection at N = 256 and 1,024 (`npm run bench -- --only detection`, issue 9;
+// VSE_BENCH_DETECTION_AGENTS=256,512,1024 to choose): detection latency (an
+// agent ends as by SIGKILL → the first report recorded by the coordinator, and
+// → the k-th of its watchers' reports), heartbeat bytes per second per agent,
+// and what the beats cost in CPU (per beat, and as cores for the whole
+// cluster) once every watch is up. A run that does not settle (not every
+// agent hears its peers within VSE_BENCH_DETECTION_WARMUP_S, default 180 s,
+// or live peers are suspected while only beats flow) says so and measures no
+// crash.
 //
 // 1,024 agent daemons do not fit in memory, so the agents share one process
 // per namespace host (provider/bench/failure-detection-host.ts), each agent
@@ -11,6 +16,7 @@
 // the wire (tx bytes of every namespace's eth0 and lo over a quiet window:
 // TLS records, TCP/IP headers and ACKs included) and as beat payload.
 import * as fs from "fs";
+import * as os from "os";
 import * as path from "path";
 import * as readline from "readline";
 import { AgentClient } from "../agent/client";
@@ -40,22 +46,44 @@ export interface DetectionTrial {
   routes: number[][];
 }
 
-export interface DetectionResult {
+export interface DetectionRun {
   agents: number;
   hosts: number;
   agentsPerProcess: number;
   periodMs: number;
   suspectMs: number;
   watchersPerAgent: number;
+  /** The machine's 1-minute load average when this N began (other work shares the 2 cores). */
+  loadAverage: number;
+  /** Every agent heard each of its peers within the warm-up limit, and no live peer was suspected in the quiet window. */
+  settled: boolean;
+  /** Start → every agent heard each of its peers once (or the warm-up limit, when not settled). */
   warmupSeconds: number;
+  /** Agents that had heard each of their peers by then. */
+  heardAll: number;
+  /** Watch handshakes begun until then (n × watches when none had to be retried). */
+  handshakes: number;
   trials: DetectionTrial[];
   firstReportSeconds: { median: number; max: number; all: number[] };
   /** Median over trials of the time to the k-th report (k = 1..watchers). */
   kthReportSeconds: number[];
   allReportsSeconds: { median: number; max: number };
   bytes: { windowSeconds: number; wirePerAgentPerSecond: number; payloadPerAgentPerSecond: number; beatsPerAgentPerSecond: number };
-  /** Live agents the coordinator recorded lost during the run. */
-  falseSuspicions: number[];
+  /**
+   * CPU of the benchmark's host processes over the quiet window (beats only): per beat (its sending and its
+   * receiving, TLS and the kernel's work in the processes' system time included), the cores that took, and how late
+   * the processes' event loops ran (max over processes).
+   */
+  cpu: { microsPerBeat: number; coresUsed: number; beatsPerSecond: number; loopDelayP99Ms: number; loopDelayMaxMs: number };
+  /** Suspicions of live peers in the quiet window (each one a report). */
+  windowSuspicions: number;
+  /** Live agents the coordinator recorded lost during the run; null when an overloaded coordinator did not answer. */
+  falseSuspicions: number[] | null;
+}
+
+export interface DetectionResult extends DetectionRun {
+  /** Every N run, smallest first; the fields above are the largest N that settled (or the largest N). */
+  sweep: DetectionRun[];
   note: string;
 }
 
@@ -103,18 +131,41 @@ function nextEvent(h: HostProc, pred: (e: Record<string, unknown>) => boolean, m
   });
 }
 
-export async function failureDetection(
-  tmp: string,
-  o: { agents?: number; hosts?: number; trials?: number; periodMs?: number; suspectMs?: number; log?: (m: string) => void } = {},
-): Promise<DetectionResult> {
-  // N = 1,024 is the target; VSE_BENCH_DETECTION_AGENTS/HOSTS run it smaller where the machine cannot carry that (the results say which N).
-  const n = o.agents ?? Number(process.env.VSE_BENCH_DETECTION_AGENTS ?? 1024);
+type DetectionOptions = { hosts?: number; trials?: number; periodMs?: number; suspectMs?: number; warmupLimitSeconds?: number; log?: (m: string) => void };
+
+/**
+ * Runs each N of VSE_BENCH_DETECTION_AGENTS (comma-separated; default 256,1024) in turn, on VSE_BENCH_DETECTION_HOSTS
+ * namespace hosts (default 16); the result is the largest N that settled, with every N's run in sweep.
+ */
+export async function failureDetection(tmp: string, o: DetectionOptions & { agents?: number[] } = {}): Promise<DetectionResult> {
+  const ns =
+    o.agents ??
+    (process.env.VSE_BENCH_DETECTION_AGENTS ?? "256,1024")
+      .split(",")
+      .map((x) => Number(x.trim()))
+      .sort((a, b) => a - b);
+  const sweep: DetectionRun[] = [];
+  for (const n of ns) sweep.push(await detectionRun(tmp, n, o));
+  const main = [...sweep].reverse().find((r) => r.settled) ?? sweep[sweep.length - 1];
+  return {
+    ...main,
+    sweep,
+    note:
+      `agents share one process per namespace host (${main.agentsPerProcess} per process at N = ${main.agents}, ${main.hosts} hosts: provider/bench/failure-detection-host.ts), ` +
+      "each with its own HTTPS listener and port and the real provider/agent/heartbeat.ts; a crash closes the agent's listener and sockets at once, as SIGKILL does",
+  };
+}
+
+async function detectionRun(tmp: string, n: number, o: DetectionOptions): Promise<DetectionRun> {
   const H = o.hosts ?? Number(process.env.VSE_BENCH_DETECTION_HOSTS ?? 16);
   if (!Number.isInteger(n) || !Number.isInteger(H) || H < 2 || H > 200 || n < H || n % H !== 0)
     throw new Error(`detection benchmark: expected agents a multiple of hosts (2 to 200), found ${n} agents on ${H} hosts`);
   const periodMs = o.periodMs ?? HEARTBEAT_DEFAULTS.periodMs;
   const suspectMs = o.suspectMs ?? HEARTBEAT_DEFAULTS.suspectMs;
+  // A cluster that has not settled by then will not: the run then reports how far it got and what the beats cost.
+  const warmupLimitMs = 1000 * (o.warmupLimitSeconds ?? Number(process.env.VSE_BENCH_DETECTION_WARMUP_S ?? 180));
   const log = o.log ?? ((m: string) => console.log(m));
+  const loadAverage = os.loadavg()[0];
   const dir = fs.mkdtempSync(path.join(tmp, "detection-"));
   await tearDownNetnsHosts(TAG);
   const procs: HostProc[] = [];
@@ -167,18 +218,25 @@ export async function failureDetection(
         }),
       );
       const sum: Record<string, number> = {};
-      for (const s of all) for (const [k, v] of Object.entries(s)) sum[k] = (sum[k] ?? 0) + v;
+      // Counters add up over the processes; the event loop's delay is the worst process's.
+      for (const s of all) for (const [k, v] of Object.entries(s)) sum[k] = k.startsWith("loopDelay") ? Math.max(sum[k] ?? 0, v) : (sum[k] ?? 0) + v;
       return sum;
     };
-    for (;;) {
-      const s = await stats();
-      if (s.heardAll === n) break;
-      if (Date.now() - t0 > 900000) throw new Error(`only ${s.heardAll} of ${n} agents heard every peer they watch within 900 s`);
-      if (Math.round((Date.now() - t0) / 1000) % 30 === 0) log(`${s.heardAll} of ${n} agents have heard every peer they watch`);
+    let s = await stats();
+    let lastLog = Date.now();
+    while (s.heardAll < n && Date.now() - t0 < warmupLimitMs) {
       await sleep(1000);
+      s = await stats();
+      if (Date.now() - lastLog >= 15000) {
+        lastLog = Date.now();
+        log(`N=${n}: ${s.heardAll} of ${n} agents have heard every peer they watch (${s.handshakes} handshakes, ${s.suspicions} suspicions)`);
+      }
     }
     const warmupSeconds = (Date.now() - t0) / 1000;
-    log(`every agent has heard each of its ${binomialWatchers(0, n).length} peers: ${warmupSeconds.toFixed(1)} s after the start`);
+    const heardAll = s.heardAll;
+    const handshakes = s.handshakes;
+    if (heardAll === n) log(`N=${n}: every agent has heard each of its ${binomialWatchers(0, n).length} peers ${warmupSeconds.toFixed(1)} s after the start`);
+    else log(`N=${n}: NOT SETTLED: only ${heardAll} of ${n} agents heard every peer they watch within ${warmupSeconds.toFixed(0)} s`);
     // A quiet window: beats only.
     await sleep(3000);
     const windowMs = 10000;
@@ -196,14 +254,26 @@ export async function failureDetection(
       payloadPerAgentPerSecond: (s1.payloadBytesSent - s0.payloadBytesSent) / n / secs,
       beatsPerAgentPerSecond: (s1.beatsSent - s0.beatsSent) / n / secs,
     };
+    const beats = s1.beatsReceived - s0.beatsReceived;
+    const cpu = {
+      microsPerBeat: (s1.cpuMicros - s0.cpuMicros) / Math.max(1, beats),
+      coresUsed: (s1.cpuMicros - s0.cpuMicros) / 1e6 / secs,
+      beatsPerSecond: beats / secs,
+      loopDelayP99Ms: s1.loopDelayP99Ms,
+      loopDelayMaxMs: s1.loopDelayMaxMs,
+    };
+    const windowSuspicions = s1.suspicions - s0.suspicions;
+    const settled = heardAll === n && windowSuspicions === 0;
     log(
-      `heartbeat bytes per agent per second: ${bytes.wirePerAgentPerSecond.toFixed(0)} B on the wire, ${bytes.payloadPerAgentPerSecond.toFixed(0)} B of beats`,
+      `N=${n}: heartbeat bytes per agent per second: ${bytes.wirePerAgentPerSecond.toFixed(0)} B on the wire, ${bytes.payloadPerAgentPerSecond.toFixed(0)} B of beats; ` +
+        `${cpu.beatsPerSecond.toFixed(0)} beats/s received, ${cpu.microsPerBeat.toFixed(0)} µs CPU per beat, ${cpu.coresUsed.toFixed(2)} cores; ` +
+        `event loop delay p99 ${cpu.loopDelayP99Ms.toFixed(0)} ms, max ${cpu.loopDelayMaxMs.toFixed(0)} ms; ${windowSuspicions} suspicions in the window; load average ${os.loadavg()[0].toFixed(2)}`,
     );
 
     const coordinator = new AgentClient(urls[0], token, { ca: fs.readFileSync(ca.certFile, "utf8") });
     const trials: DetectionTrial[] = [];
-    // Victims spread over the ring and over the hosts; never the coordinator.
-    const victims = [101, 347, 578, 806, 1001, 230, 690].map((v) => v % n).slice(0, o.trials ?? 5);
+    // Victims spread over the ring and over the hosts; never the coordinator. None when the cluster did not settle: its latencies would measure the overload.
+    const victims = settled ? [101, 347, 578, 806, 1001, 230, 690].map((v) => v % n).slice(0, o.trials ?? 5) : [];
     for (const victim of victims) {
       const p = procs[victim % H];
       command(p, { cmd: "crash", agent: victim });
@@ -226,14 +296,18 @@ export async function failureDetection(
       const detected = rec.detectedBy.map((d) => (Date.parse(d.detectedAt) - at) / 1000).sort((a, b) => a - b);
       trials.push({ victim, watchers, recordedSeconds: recorded, detectedSeconds: detected, routes: rec.detectedBy.map((d) => d.route) });
       log(
-        `agent ${victim} crashed: first report at the coordinator after ${recorded[0].toFixed(2)} s, ${recorded.length}/${watchers} watchers reported, the last after ${recorded[recorded.length - 1].toFixed(2)} s`,
+        `N=${n}: agent ${victim} crashed: first report at the coordinator after ${recorded[0].toFixed(2)} s, ${recorded.length}/${watchers} watchers reported, the last after ${recorded[recorded.length - 1].toFixed(2)} s`,
       );
     }
     // Hosts recorded lost that were never crashed: a starved event loop's beats came too late (false suspicions).
-    const all = await coordinator.request<FailureView>("GET", "/v1/cluster/failures", undefined, 10000);
-    const falseSuspicions = all.failures.map((f) => f.host).filter((h) => !victims.includes(h));
+    const all = await coordinator.request<FailureView>("GET", "/v1/cluster/failures", undefined, 30000).catch((err: Error) => {
+      if (settled) throw err;
+      log(`N=${n}: the coordinator's failure record could not be read: ${err.message}`);
+      return undefined;
+    });
+    const falseSuspicions = all ? all.failures.map((f) => f.host).filter((h) => !victims.includes(h)) : null;
     const firsts = trials.map((t) => t.recordedSeconds[0]);
-    const maxK = Math.max(...trials.map((t) => t.watchers));
+    const maxK = binomialWatchers(0, n).length;
     const kth = Array.from({ length: maxK }, (_, k) => median(trials.map((t) => t.recordedSeconds[k] ?? NaN).filter((x) => !isNaN(x))));
     const lasts = trials.map((t) => t.recordedSeconds[t.recordedSeconds.length - 1]);
     return {
@@ -243,16 +317,19 @@ export async function failureDetection(
       periodMs,
       suspectMs,
       watchersPerAgent: maxK,
+      loadAverage,
+      settled,
       warmupSeconds,
+      heardAll,
+      handshakes,
       trials,
       firstReportSeconds: { median: median(firsts), max: Math.max(...firsts), all: firsts },
       kthReportSeconds: kth,
       allReportsSeconds: { median: median(lasts), max: Math.max(...lasts) },
       bytes,
+      cpu,
+      windowSuspicions,
       falseSuspicions,
-      note:
-        `agents share one process per namespace host (${n / H} per process, ${H} hosts: provider/bench/failure-detection-host.ts), ` +
-        "each with its own HTTPS listener and port and the real provider/agent/heartbeat.ts; a crash closes the agent's listener and sockets at once, as SIGKILL does",
     };
   } finally {
     for (const p of procs) {
@@ -267,11 +344,33 @@ export async function failureDetection(
 
 export function detectionMarkdown(r: DetectionResult & { date: string }): string[] {
   const t = DETECTION_TARGETS.detectionSeconds;
-  const s2 = (x: number) => `${x.toFixed(2)} s`;
+  const s2 = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)} s` : "–");
+  const f0 = (x: number | undefined) => (x !== undefined && Number.isFinite(x) ? x.toFixed(0) : "–");
   const verdict = (x: number) => (x <= t ? "met" : `**not met**: ${s2(x - t)} over`);
   const k = r.kthReportSeconds;
+  // Results of an earlier layout have no sweep: the one N stands alone.
+  const sweep: Partial<DetectionRun>[] = r.sweep ?? [r];
+  const out = [
+    `**Failure detection** (${r.date.slice(0, 10)}; heartbeats every ${r.periodMs} ms, suspected after ${r.suspectMs} ms of silence; each agent watches ⌈log2 N⌉ peers over a TLS stream of its own). ${r.note}.`,
+    "",
+    "| N | agents per process | TLS watches | settled | start → every agent heard all its peers | crash → first report, median (max) | heartbeat bytes per agent per second on the wire (of which beats) | beats/s in the cluster | CPU per beat (send + receive) | cores used by heartbeats | event loop delay p99 (max) | load average |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ...sweep.map((x) => {
+      const settled =
+        x.settled === undefined
+          ? "yes"
+          : x.settled
+            ? "yes"
+            : `**no**: ${x.heardAll} of ${x.agents} heard all their peers in ${f0(x.warmupSeconds)} s; ${x.windowSuspicions} suspicions of live peers in 10 s`;
+      const first = x.trials?.length ? `${s2(x.firstReportSeconds!.median)} (${s2(x.firstReportSeconds!.max)})` : "not measured";
+      return `| ${x.agents} | ${x.agentsPerProcess} | ${x.agents! * x.watchersPerAgent!} | ${settled} | ${s2(x.warmupSeconds!)} | ${first} | ${f0(x.bytes?.wirePerAgentPerSecond)} B/s (${f0(x.bytes?.payloadPerAgentPerSecond)} B/s) | ${f0(x.cpu?.beatsPerSecond)} | ${x.cpu ? `${f0(x.cpu.microsPerBeat)} µs` : "–"} | ${x.cpu ? x.cpu.coresUsed.toFixed(2) : "–"} | ${x.cpu ? `${f0(x.cpu.loopDelayP99Ms)} ms (${f0(x.cpu.loopDelayMaxMs)} ms)` : "–"} | ${x.loadAverage?.toFixed(2) ?? "–"} |`;
+    }),
+    "",
+  ];
+  if (!r.trials.length) return [...out, `No N settled: no crash was measured (N = ${r.agents} has the details above).`, ""];
   return [
-    `**Failure detection, N = ${r.agents} agents** (${r.date.slice(0, 10)}; heartbeats every ${r.periodMs} ms, suspected after ${r.suspectMs} ms of silence; each agent watches ${r.watchersPerAgent} peers; ${r.trials.length} crashes). ${r.note}.`,
+    ...out,
+    `At N = ${r.agents} (${r.trials.length} crashes):`,
     "",
     "| what | median | max | target |",
     "|---|---|---|---|",
@@ -281,7 +380,7 @@ export function detectionMarkdown(r: DetectionResult & { date: string }): string
       .map((x) => `| crash → report of watcher #${x} (in arrival order) recorded | ${s2(k[x - 1])} | | |`),
     `| heartbeat bytes per agent per second, on the wire (TLS, TCP/IP, ACKs; tx of every namespace's eth0 + lo over ${r.bytes.windowSeconds.toFixed(0)} s) | ${r.bytes.wirePerAgentPerSecond.toFixed(0)} B/s | | |`,
     `| of which beat payload (${r.bytes.beatsPerAgentPerSecond.toFixed(1)} beats/s per agent) | ${r.bytes.payloadPerAgentPerSecond.toFixed(0)} B/s | | |`,
-    `| live agents recorded lost (false suspicions) during the run | ${r.falseSuspicions.length ? r.falseSuspicions.join(", ") : "none"} | | |`,
+    `| live agents recorded lost (false suspicions) during the run | ${!r.falseSuspicions ? "not read" : r.falseSuspicions.length ? r.falseSuspicions.join(", ") : "none"} | | |`,
     `| start → every agent heard all its peers once (${r.agents * r.watchersPerAgent} TLS watches) | ${s2(r.warmupSeconds)} | | |`,
     "",
   ];

@@ -1,26 +1,42 @@
 // BENCHMARK ONLY (npm run bench -- --only bootstrap, provider/bench/bootstrap.ts):
 // a process that hosts many tree agents on one namespace host, so that 1,024
 // agents fit on this machine. Each hosted agent is a real Agent with its own
-// TLS listener on its own port of the host's address, and runs the same
+// listening socket on its own port of the host's address, and runs the same
 // bootstrap code as a daemon agent (agent/tree.ts TreeNode): it launches its
 // children, does the TLS handshake with each over its socket, checks its
 // parent over TLS, reports up. What differs: a child placed in the same
 // process is started in-process (a new Agent and listener, no process
-// spawn), and agents serve no unix socket.
+// spawn); agents serve no unix socket; and the agents of one host address in
+// a process share one HTTPS server object for their connections, so one TLS
+// context for the host's certificate (agent/server.ts createSharedTlsServer;
+// a daemon agent makes its own, once), each handshake still on the agent's
+// own socket.
 //
 //   node dist/provider/bench/tree-host.js --tree --state-dir <clusterDir>/proc-<anchor>
 // with launch payloads (agent/tree.ts) on stdin, as a daemon agent gets its one.
 import * as fs from "fs";
-import * as path from "path";
+import type * as http from "http";
 import type * as https from "https";
+import * as net from "net";
+import * as path from "path";
 import { Agent } from "../agent/agent";
 import { ImageStore } from "../agent/image-store";
-import { createTlsServer } from "../agent/server";
+import { createSharedTlsServer, requestListener, SERVER_LIMITS } from "../agent/server";
 import { ChildLauncher, ChildLink, DownMessage, hostStateDir, ParentPipe, ProcessLink, TreeNode, TreePayload, UpMessage } from "../agent/tree";
 import { launchCommand } from "../allocation/launcher";
-import { PERMISSIVE_SITE_POLICY } from "../model/site-policy";
+import type { SitePolicy } from "../model/types.generated";
+
+// Loaded when first asked for (no request of the bootstrap asks): model/site-policy brings the definitions' parsers.
+const permissivePolicy = (): SitePolicy => (require("../model/site-policy") as typeof import("../model/site-policy")).PERMISSIVE_SITE_POLICY;
 
 export const TREE_HOST_MAIN = __filename.endsWith(".ts") ? path.resolve(__dirname, "..", "..", "dist", "provider", "bench", "tree-host.js") : __filename;
+
+/** The argv of a tree-host process; with VSE_BENCH_CPU_PROF=<dir>, each writes a V8 CPU profile there as it exits. */
+export function treeHostArgv(procDir: string): string[] {
+  const prof = process.env.VSE_BENCH_CPU_PROF;
+  const flags = prof && path.isAbsolute(prof) ? ["--cpu-prof", "--cpu-prof-dir", prof] : [];
+  return [process.execPath, ...flags, TREE_HOST_MAIN, "--tree", "--state-dir", procDir];
+}
 
 /**
  * Which process hosts agent i: agents are grouped into connected pieces of
@@ -59,6 +75,9 @@ function main(): void {
   const nodes = new Map<number, TreeNode>();
   let hosted = 0;
   const procLinks = new Map<string, ProcessLink>();
+  // One HTTPS server (one TLS context) per host address in this process; each agent keeps its own listening socket and port.
+  const shared = new Map<string, https.Server>();
+  const routes = new Map<number, http.RequestListener>();
   let placement: string[] | undefined;
   let myProcess: string | undefined;
 
@@ -74,7 +93,7 @@ function main(): void {
     let link = procLinks.get(owner);
     if (!link) {
       const dir = path.join(payload.clusterDir, `proc-${child}`);
-      const cmd = launchCommand(payload.hosts[child], [process.execPath, TREE_HOST_MAIN, "--tree", "--state-dir", dir]);
+      const cmd = launchCommand(payload.hosts[child], treeHostArgv(dir));
       link = new ProcessLink(cmd, `${dir}.log`);
       procLinks.set(owner, link);
     }
@@ -106,7 +125,7 @@ function main(): void {
     const stateDir = hostStateDir(p.clusterDir, p.self);
     fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     const h = p.hosts[p.self];
-    const agent = new Agent({ stateDir, clusterKey: p.clusterKey, images: new ImageStore(p.imageStore), policy: () => PERMISSIVE_SITE_POLICY });
+    const agent = new Agent({ stateDir, clusterKey: p.clusterKey, images: new ImageStore(p.imageStore), policy: permissivePolicy });
     await agent.load();
     const node: TreeNode = new TreeNode({
       payload: p,
@@ -118,8 +137,9 @@ function main(): void {
       launch: launcher,
       end: async () => {
         agent.close();
-        server.close();
-        server.closeAllConnections();
+        listener.close();
+        routes.delete(h.port);
+        for (const s of conns) s.destroy();
         fs.rmSync(stateDir, { recursive: true, force: true });
         nodes.delete(p.self);
         if (--hosted === 0) process.exit(0);
@@ -128,20 +148,33 @@ function main(): void {
     });
     nodes.set(p.self, node);
     const creds = p.certs[h.address];
-    const server: https.Server = createTlsServer(
-      agent,
-      {
+    let server = shared.get(h.address);
+    if (!server) {
+      server = createSharedTlsServer({ cert: creds.cert, key: creds.key }, (port) => routes.get(port));
+      shared.set(h.address, server);
+    }
+    const tls = server;
+    routes.set(
+      h.port,
+      requestListener(agent, {
         token: p.token,
         clusterKey: p.clusterKey,
-        policy: () => ({ doc: PERMISSIVE_SITE_POLICY, source: "(bench)" }),
+        policy: () => ({ doc: permissivePolicy(), source: "(bench)" }),
         onShutdown: () => void node.endWithSubtree("shutdown"),
         tree: () => node.view(),
-      },
-      { cert: creds.cert, key: creds.key },
+      }),
     );
+    // The agent's own listening socket on its port; its connections are TLS of the shared server.
+    const conns = new Set<net.Socket>();
+    const listener = net.createServer((sock) => {
+      conns.add(sock);
+      sock.once("close", () => conns.delete(sock));
+      tls.emit("connection", sock);
+    });
+    listener.maxConnections = SERVER_LIMITS.maxConnections;
     await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(h.port, h.address, () => resolve());
+      listener.once("error", reject);
+      listener.listen(h.port, h.address, () => resolve());
     });
     void node.start();
   };

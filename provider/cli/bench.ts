@@ -9,7 +9,7 @@
 //  model: validate + render throughput of the model (provider/bench/model-throughput.ts);
 //  control-plane: 1,000 stand-in VMs with the real engine (provider/bench/control-plane.ts);
 //  staging: one image to 16 bandwidth-capped namespace hosts, tree/chain/central (provider/bench/staging.ts);
-//  detection: failure detection at N = 1,024 heartbeat agents over namespace hosts (provider/bench/failure-detection.ts);
+//  detection: failure detection at N = 256 and 1,024 heartbeat agents over namespace hosts (provider/bench/failure-detection.ts);
 //  bootstrap: k-ary tree versus flat bootstrap of N = 16 … 1,024 agents over namespace hosts (provider/bench/bootstrap.ts);
 //  seed003: seed 003's figure 4, VM job launch time through Slurm, 1 … 16 jobs × 1, 2, 4 VMs per slot, busybox vs Debian (provider/bench/seed003.ts);
 // and writes the medians, the machine and the command to bench/results/latest.{json,md} and the
@@ -24,7 +24,7 @@ import type { EnvironmentModel, VmModel } from "../model/resolve";
 import { renderVmConfig } from "../render/render";
 import { engineEnv, openStack, PROJECT_ROOT } from "./engine";
 import { breakdown, Breakdown, timed } from "../bench/engine-timeline";
-import { CONTROL_PLANE_TARGETS, controlPlane, controlPlaneFloor, ControlPlaneResult, FloorResult } from "../bench/control-plane";
+import { checkpointShareMarkdown, CONTROL_PLANE_TARGETS, controlPlane, controlPlaneFloor, ControlPlaneResult, FloorResult } from "../bench/control-plane";
 import { modelThroughput } from "../bench/model-throughput";
 import { stagingBench, StagingBenchResult, stagingMarkdown } from "../bench/staging";
 import { DetectionResult, detectionMarkdown, failureDetection } from "../bench/failure-detection";
@@ -376,6 +376,7 @@ function controlPlaneMarkdown(c: ControlPlaneResult & { date: string; floor: Flo
     `| checkpoint bytes per VM (${c.checkpoint.bytes} B / ${c.vms}) | ${Math.round(c.checkpoint.bytesPerVm)} B | ${Math.round(c.floor.checkpoint.bytesPerResource)} B | ${ratio(c.checkpoint.bytesPerVm, c.floor.checkpoint.bytesPerResource)} | ≤ ${t.checkpointBytesPerVm} B | ${verdict(c.checkpoint.bytesPerVm, t.checkpointBytesPerVm, "B", (x) => String(Math.round(x)))} |`,
     `| \`pulumi destroy\` of ${c.vms} VMs, with \`PULUMI_SKIP_CHECKPOINTS=true\` (cleanup) | ${s2(c.destroySeconds)} | | | | |`,
     "",
+    ...checkpointShareMarkdown(c.checkpoint.perVm, c.floor.checkpoint.bytesPerResource),
     "Where the time goes (engine events; the floor's figures in brackets):",
     "",
     "| segment | up (fresh) | preview | change one |",
