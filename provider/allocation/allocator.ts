@@ -5,6 +5,7 @@
 import type { AgentClient } from "../agent/client";
 import type { AllocationModel } from "../model/resolve";
 import type { AgentLaunch, AgentRecord } from "./local";
+import type { ManagerName } from "./managers";
 
 export interface AllocationRequest {
   clusterName: string;
@@ -42,8 +43,9 @@ export interface Allocator {
   ended?(id: string): Promise<string | undefined>;
 }
 
-// Loaded on use: a cluster of one manager never loads the others' code.
-const ALLOCATORS: Record<string, () => Allocator> = {
+// Loaded on use: a cluster of one manager never loads the others' code. One
+// entry per manager of managers.ts (the type asks for each, and no other).
+const ALLOCATORS: Record<ManagerName, () => Allocator> = {
   local: () => (require("./local") as typeof import("./local")).localAllocator,
   static: () => (require("./static") as typeof import("./static")).staticAllocator,
   slurm: () => (require("./slurm") as typeof import("./slurm")).slurmAllocator,
@@ -53,9 +55,13 @@ const ALLOCATORS: Record<string, () => Allocator> = {
   alps: () => (require("./alps") as typeof import("./alps")).alpsAllocator,
 };
 
+/** The managers with an allocator, in registry order. */
+export const REGISTERED_MANAGERS = Object.keys(ALLOCATORS) as ManagerName[];
+
 export function allocatorFor(manager: string): Allocator {
-  const make = ALLOCATORS[manager];
-  if (!make) throw new Error(`allocation.manager: expected one of ${Object.keys(ALLOCATORS).join(", ")}, found ${JSON.stringify(manager)}`);
+  // Own keys only: "constructor" or "toString" name no manager.
+  const make = Object.hasOwn(ALLOCATORS, manager) ? ALLOCATORS[manager as ManagerName] : undefined;
+  if (!make) throw new Error(`allocation.manager: expected one of ${REGISTERED_MANAGERS.join(", ")}, found ${JSON.stringify(manager)}`);
   return make();
 }
 

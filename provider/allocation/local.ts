@@ -2,6 +2,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { AgentClient, AgentError } from "../agent/client";
 import { readJson, writeFileAtomic } from "../agent/state";
+import { spawnDetached } from "./spawn-detached";
 
 /** One node agent, as the cluster resource records it. */
 export interface AgentRecord {
@@ -47,7 +48,6 @@ export function isAgentProcess(pid: number, stateDir: string): boolean {
  * reuses the state directory, so the agent re-attaches to the VMs it was running.
  */
 export async function startLocalAgent(stateDir: string, launch: AgentLaunch, host: number): Promise<AgentRecord> {
-  const execa = require("execa") as typeof import("execa");
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(stateDir, 0o700);
   const infoFile = path.join(stateDir, "agent.json");
@@ -55,30 +55,13 @@ export async function startLocalAgent(stateDir: string, launch: AgentLaunch, hos
   if (live && isAgentProcess(live.pid, stateDir)) throw new Error(`node agent for host ${host}: another agent (pid ${live.pid}) holds ${stateDir}`);
   const tokenFile = path.join(stateDir, "token");
   writeFileAtomic(tokenFile, launch.token, 0o600);
-  const logFd = fs.openSync(path.join(stateDir, "agent.log"), "a");
   const args = [AGENT_MAIN, "--state-dir", stateDir, "--token-file", tokenFile, "--cluster-key", launch.clusterKey, "--image-store", launch.imageStore];
   if (launch.policyFile) args.push("--policy", launch.policyFile);
   // Set only by `npm run bench` (control plane): agents run stand-in processes instead of QEMU (drivers/standin.ts).
   if (process.env.VSE_BENCH_STANDIN_GUESTS === "1") args.push("--standin-guests");
-  let child;
-  try {
-    child = execa(process.execPath, args, {
-      detached: true,
-      stdin: "ignore",
-      stdout: logFd,
-      stderr: logFd,
-      cleanup: false,
-      reject: false,
-      buffer: false,
-    });
-  } finally {
-    fs.closeSync(logFd);
-  }
-  child.catch(() => undefined);
-  let exited = false;
-  child.on("exit", () => (exited = true));
+  const child = spawnDetached(process.execPath, args, { logFile: path.join(stateDir, "agent.log") });
   const deadline = Date.now() + 15000;
-  while (Date.now() < deadline && !exited) {
+  while (Date.now() < deadline && !child.exited()) {
     const info = readJson<{ pid: number; url: string }>(infoFile);
     if (info && info.pid === child.pid) {
       child.unref();
@@ -87,11 +70,7 @@ export async function startLocalAgent(stateDir: string, launch: AgentLaunch, hos
     await sleep(25);
   }
   const logTail = fs.readFileSync(path.join(stateDir, "agent.log"), "utf8").trim().split("\n").slice(-5).join("\n");
-  try {
-    child.kill("SIGKILL");
-  } catch {
-    // already gone
-  }
+  child.kill();
   throw new Error(`node agent for host ${host} did not start (state ${stateDir}):\n${logTail}`);
 }
 

@@ -18,7 +18,8 @@ import * as path from "path";
 import { AgentClient } from "../agent/client";
 import { readJson } from "../agent/state";
 import { AGENT_MAIN, AgentLaunch, AgentRecord, isAgentProcess, stopAgent } from "./local";
-import { netnsExec } from "./netns";
+import { launchCommand } from "./launcher";
+import { spawnDetached } from "./spawn-detached";
 import { checkListenAddress, ClusterCa, ensureClusterCa, issueServerCert } from "./tls";
 import { bootstrapTree, HostCredentials, TreeTimers } from "../agent/tree";
 
@@ -108,7 +109,6 @@ export async function startTlsAgent(
   port: number,
   certify: (tlsDir: string) => Promise<{ certFile: string; keyFile: string }>,
 ): Promise<StaticAgentRecord> {
-  const execa = require("execa") as typeof import("execa");
   const { writeFileAtomic } = require("../agent/state") as typeof import("../agent/state");
   checkHosts([h]);
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`port: expected 1 to 65535, found ${port}`);
@@ -126,22 +126,13 @@ export async function startTlsAgent(
   if (h.ownImageStore) fs.mkdirSync(imageStore, { recursive: true, mode: 0o755 });
   argv.push("--image-store", imageStore, "--listen", `${h.address}:${port}`, "--tls-cert", cert.certFile, "--tls-key", cert.keyFile);
   if (launch.policyFile) argv.push("--policy", launch.policyFile);
-  const cmd = h.netns ? netnsExec(h.netns, argv) : { file: argv[0], args: argv.slice(1) };
-  const logFd = fs.openSync(path.join(stateDir, "agent.log"), "a");
-  let child;
-  try {
-    child = execa(cmd.file, cmd.args, { detached: true, stdin: "ignore", stdout: logFd, stderr: logFd, cleanup: false, reject: false, buffer: false });
-  } finally {
-    fs.closeSync(logFd);
-  }
-  child.catch(() => undefined);
-  let exited = false;
-  child.on("exit", () => (exited = true));
+  const cmd = launchCommand(h, argv);
+  const child = spawnDetached(cmd.file, cmd.args, { logFile: path.join(stateDir, "agent.log") });
   const url = `https://${h.address}:${port}`;
   const deadline = Date.now() + 20000;
   let lastError = "";
   // `ip netns exec` execs the agent in place, so the child's pid is the agent's.
-  while (Date.now() < deadline && !exited) {
+  while (Date.now() < deadline && !child.exited()) {
     const info = readJson<{ pid: number; url: string; tlsUrl?: string }>(infoFile);
     if (info && info.pid === child.pid && info.tlsUrl === url) {
       try {
@@ -158,11 +149,7 @@ export async function startTlsAgent(
     await sleep(50);
   }
   const logTail = fs.readFileSync(path.join(stateDir, "agent.log"), "utf8").trim().split("\n").slice(-5).join("\n");
-  try {
-    child.kill("SIGKILL");
-  } catch {
-    // already gone
-  }
+  child.kill();
   throw new Error(`node agent for host ${host} (${h.address}) did not start (state ${stateDir})${lastError ? `: ${lastError}` : ""}:\n${logTail}`);
 }
 

@@ -11,6 +11,8 @@ export function lifecycleMarkdown(): string {
     "",
     "`in-place`: applied without touching the running guest. `restart`: the VM's QEMU process is restarted with the new config (the VM keeps its identity; `pulumi preview` shows an update). `replace`: the VM is deleted and created anew (`pulumi preview` shows a replace).",
     "",
+    "A field ending in `.*` is a block: the row holds for every field under it that has no row of its own.",
+    "",
     "| field | change | VM input | why |",
     "|---|---|---|---|",
     ...rows,

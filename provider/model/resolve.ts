@@ -1,3 +1,5 @@
+// The managers' facts only (a dependency-free table), never their allocators.
+import { DECLARED_HOST_MANAGERS, managerFacts } from "../allocation/managers";
 import { DefinitionError, DefinitionProblem } from "./errors";
 import { Definitions, Located } from "./load";
 import { applyPolicyDefaults, checkPolicy, checkPolicyConsistency, PolicyOptions, selectPolicy } from "./policy";
@@ -76,9 +78,6 @@ export type AllocationModel = Omit<AllocationDef, "manager" | "hosts"> & {
   hosts: number;
   hostList?: DeclaredHost[];
 };
-
-/** Managers whose hosts are declared by address (a list), not counted. */
-export const DECLARED_HOST_MANAGERS: string[] = ["static", "ssh"];
 
 export function environmentModel(l: Located<import("./types.generated").Environment>): EnvironmentModel {
   const s = l.doc.spec;
@@ -160,7 +159,7 @@ function unknownReference(kind: string, name: string, known: Iterable<string>): 
 function allocationModel(a: AllocationDef, problem: (field: (string | number)[], message: string) => void): AllocationModel {
   const manager = a.manager ?? "local";
   const declared = a.hosts ?? 1;
-  const byAddress = DECLARED_HOST_MANAGERS.includes(manager);
+  const byAddress = managerFacts(manager)?.hosts === "declared";
   // The slurm block reaches the manager as part of the allocation; with another manager it would be silently ignored.
   if (a.slurm !== undefined && manager !== "slurm")
     problem(["spec", "allocation", "slurm"], `settings of manager slurm, found with manager ${manager} (set manager: slurm or remove the block)`);

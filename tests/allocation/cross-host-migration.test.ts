@@ -25,6 +25,7 @@ import { renderVmConfig } from "../../provider/render/render";
 import { moveVm } from "../../provider/resources/virtual-machine";
 import { jobEnv, waitForVm } from "../support/agent";
 import { processesUnder, qemuProcessesFor, processEnded } from "../support/stack";
+import { ticks, waitForTicks } from "../support/ticks";
 
 jest.setTimeout(8 * 60 * 1000);
 
@@ -85,20 +86,6 @@ function specFor(host: number): VmSpec {
     hostAddress: hosts.hosts[host].address,
   });
   return { hypervisor: "qemu", config, markers: markersFor(img.id), stopGraceSeconds: 0, afterJob: "stay-up" };
-}
-
-function ticks(file: string): number[] {
-  const text = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "";
-  return [...text.matchAll(/^tick (\d+)\r?$/gm)].map((m) => Number(m[1]));
-}
-
-async function waitForTicks(file: string, atLeast: number): Promise<number[]> {
-  for (let i = 0; i < 1200; i++) {
-    const tk = ticks(file);
-    if (tk.length >= atLeast) return tk;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`fewer than ${atLeast} ticks in ${file}: ${fs.existsSync(file) ? fs.readFileSync(file, "utf8").slice(-500) : "(missing)"}`);
 }
 
 /** The TCP listeners of a process in its own namespace: "address:port". */

@@ -12,16 +12,9 @@ import { BatchJob } from "../../provider/allocation/gridengine";
 import { pbsCommands, torqueAllocator, torqueScript } from "../../provider/allocation/torque";
 import type { AllocationModel } from "../../provider/model/resolve";
 import { newClusterToken } from "../../provider/agent/protocol";
-import { regenerateAllowed } from "../support/regenerate";
+import { goldensIn } from "../support/golden";
 
-const UPDATE = regenerateAllowed("UPDATE_GOLDEN");
-
-/** Compares out with tests/golden/allocation/<name> (or, with UPDATE_GOLDEN=1, rewrites it). */
-function golden(name: string, out: string): void {
-  const file = path.join(__dirname, "..", "golden", "allocation", name);
-  if (UPDATE) fs.writeFileSync(file, out);
-  expect(out).toBe(fs.readFileSync(file, "utf8"));
-}
+const golden = goldensIn("allocation");
 
 const JOB: BatchJob = {
   clusterName: "demo",

@@ -1,6 +1,6 @@
 import * as fs from "fs";
 import * as path from "path";
-import { LIFECYCLE, VM_INPUT_POLICY, vmChange, vmEffectiveChange } from "../../provider/model/lifecycle";
+import { LIFECYCLE, lifecycleRule, VM_INPUT_POLICY, vmChange, vmEffectiveChange } from "../../provider/model/lifecycle";
 import { vmDiff, VirtualMachineOutputs } from "../../provider/resources/virtual-machine";
 
 const SCHEMA_DIR = path.join(__dirname, "..", "..", "schema");
@@ -26,23 +26,54 @@ function fieldPaths(schema: Record<string, unknown>, file: string, prefix: strin
   }
 }
 
-test("every schema field of every kind has a lifecycle rule", () => {
+/** Every field path of every kind, "<Kind>.<path>", and which of them are leaves. */
+function schemaFields(): { all: string[]; leaves: string[] } {
   const kinds: Record<string, string> = {
     Environment: "environment.schema.json",
     VmProfile: "vmprofile.schema.json",
     VirtualCluster: "virtualcluster.schema.json",
   };
-  const missing: string[] = [];
+  const all: string[] = [];
   for (const [kind, file] of Object.entries(kinds)) {
     const paths = new Set<string>();
     fieldPaths(JSON.parse(fs.readFileSync(path.join(SCHEMA_DIR, file), "utf8")), file, "", paths);
-    for (const p of paths) {
-      // Intermediate objects (spec, spec.job, metadata) are covered by their leaves.
-      const isParent = [...paths].some((q) => q.startsWith(`${p}.`));
-      if (!isParent && !LIFECYCLE[`${kind}.${p}`]) missing.push(`${kind}.${p}`);
-    }
+    all.push(...[...paths].map((p) => `${kind}.${p}`));
   }
-  expect(missing).toEqual([]);
+  // Intermediate objects (spec, spec.job, metadata) are covered by their leaves.
+  return { all, leaves: all.filter((p) => !all.some((q) => q.startsWith(`${p}.`))) };
+}
+
+test("every schema field of every kind has a lifecycle rule (its own row or its block's)", () => {
+  expect(schemaFields().leaves.filter((f) => !lifecycleRule(f))).toEqual([]);
+});
+
+test("every row names a schema field, and every block row covers at least one", () => {
+  const { all, leaves } = schemaFields();
+  const stale = Object.keys(LIFECYCLE).filter((row) => (row.endsWith(".*") ? !leaves.some((f) => f.startsWith(row.slice(0, -1))) : !all.includes(row)));
+  expect(stale).toEqual([]);
+});
+
+test("a field takes its own row first, else the longest block row it lies in", () => {
+  // Rows of a made-up kind, nested, so every case of the lookup is met.
+  const rows: Record<string, (typeof LIFECYCLE)[string]> = {
+    "Test.spec.*": { policy: "in-place", why: "outer block" },
+    "Test.spec.a.*": { policy: "restart", why: "inner block" },
+    "Test.spec.a.b": { policy: "replace", why: "own row" },
+  };
+  Object.assign(LIFECYCLE, rows);
+  try {
+    expect(lifecycleRule("Test.spec.a.b")?.why).toBe("own row");
+    expect(lifecycleRule("Test.spec.a.c")?.why).toBe("inner block");
+    expect(lifecycleRule("Test.spec.a.b.deeper")?.why).toBe("inner block");
+    expect(lifecycleRule("Test.spec.z")?.why).toBe("outer block");
+    expect(lifecycleRule("Test.spec")).toBeUndefined();
+    expect(lifecycleRule("Test.other")).toBeUndefined();
+  } finally {
+    for (const k of Object.keys(rows)) delete LIFECYCLE[k];
+  }
+  expect(lifecycleRule("VirtualCluster.spec.allocation.ssh.port")).toBe(LIFECYCLE["VirtualCluster.spec.allocation.ssh.*"]);
+  expect(lifecycleRule("VirtualCluster.spec.allocation.port")).toBe(LIFECYCLE["VirtualCluster.spec.allocation.port"]);
+  for (const name of ["constructor", "toString", "__proto__", "*", ".*"]) expect({ name, rule: lifecycleRule(name) }).toEqual({ name, rule: undefined });
 });
 
 test("every rule that names a VM input names a real one", () => {

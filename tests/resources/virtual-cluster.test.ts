@@ -23,6 +23,7 @@ import {
 import { vmCreate, VirtualMachineInputs, VirtualMachineOutputs, vmRead } from "../../provider/resources/virtual-machine";
 import { vmSpec } from "../support/agent";
 import { processesUnder, qemuProcessesFor } from "../support/stack";
+import { testVmInputs } from "../support/vm-inputs";
 
 jest.setTimeout(6 * 60 * 1000);
 
@@ -66,8 +67,7 @@ function specFor(inputs: VirtualClusterInputs, vm: string) {
 }
 
 function vmInputsOn(c: VirtualClusterOutputs, vm: string, host: number): VirtualMachineInputs {
-  const spec = specFor(c, vm);
-  return {
+  return testVmInputs(specFor(c, vm), {
     cluster: c.name,
     vmName: vm,
     host,
@@ -75,18 +75,8 @@ function vmInputsOn(c: VirtualClusterOutputs, vm: string, host: number): Virtual
     token: c.token,
     agentCa: c.ca,
     allocationRef: c.allocationRef,
-    hypervisor: "qemu",
-    imageId: /image:([0-9a-f]{64})\//.exec(spec.config)![1],
-    memoryMiB: 128,
-    vcpus: 1,
-    machine: "pc",
-    accel: "tcg",
-    kernelArgs: "",
-    config: spec.config,
-    markers: spec.markers,
-    afterJob: "stay-up",
     jobTimeoutSeconds: 120,
-  };
+  });
 }
 
 /** The cluster's life as `pulumi up`, refresh and destroy drive it, with one agent killed on the way. */

@@ -5,6 +5,7 @@
 import { moveVm, VirtualMachineInputs, VirtualMachineOutputs, vmUpdate } from "../../provider/resources/virtual-machine";
 import { TestCluster, useTestCluster, vmSpec, waitForVm } from "../support/agent";
 import { qemuProcessesFor } from "../support/stack";
+import { testVmInputs } from "../support/vm-inputs";
 
 jest.setTimeout(5 * 60 * 1000);
 
@@ -21,26 +22,17 @@ test("an update to a new host adopts the VM that already landed there instead of
   await moveVm(c.client(c.agents[0]), c.client(c.agents[1]), "mv-0", spec);
   const landed = (await c.client(c.agents[1]).getVm("mv-0"))!;
   expect(landed.job.state).toBe("waiting");
-  const inputs = (host: number): VirtualMachineInputs => ({
-    cluster: "c",
-    vmName: "mv-0",
-    host,
-    agentUrl: c.agents[host].url,
-    token: c.launch.token,
-    agentCa: null,
-    allocationRef: null,
-    hypervisor: "qemu",
-    imageId: /image:([0-9a-f]{64})\//.exec(spec.config)![1],
-    memoryMiB: 128,
-    vcpus: 1,
-    machine: "pc",
-    accel: "tcg",
-    kernelArgs: "",
-    config: spec.config,
-    markers: spec.markers,
-    afterJob: "stay-up",
-    jobTimeoutSeconds: 20,
-  });
+  const inputs = (host: number): VirtualMachineInputs =>
+    testVmInputs(spec, {
+      cluster: "c",
+      vmName: "mv-0",
+      host,
+      agentUrl: c.agents[host].url,
+      token: c.launch.token,
+      agentCa: null,
+      allocationRef: null,
+      jobTimeoutSeconds: 20,
+    });
   const olds: VirtualMachineOutputs = {
     ...inputs(0),
     status: "missing",

@@ -7,6 +7,8 @@ import * as fs from "fs";
 import * as net from "net";
 import * as path from "path";
 import { netnsExec } from "../../provider/allocation/netns";
+import { spawnDetached } from "../../provider/allocation/spawn-detached";
+import { processEnded } from "./stack";
 
 export const SSHD = "/usr/sbin/sshd";
 
@@ -55,7 +57,6 @@ function canConnect(address: string, port: number): Promise<boolean> {
 
 /** Starts sshd in netns on address:port, accepting the given public keys for root; waits until it accepts connections. */
 export async function startSshd(o: { netns: string; address: string; port?: number; dir: string; authorizedKeys: string[] }): Promise<TestSshd> {
-  const execa = require("execa") as typeof import("execa");
   const port = o.port ?? 22;
   fs.mkdirSync(o.dir, { recursive: true, mode: 0o700 });
   // sshd's privilege-separation directory (Debian's service makes it; we run sshd directly).
@@ -92,26 +93,13 @@ export async function startSshd(o: { netns: string; address: string; port?: numb
     { mode: 0o600 },
   );
   const logFile = path.join(o.dir, "sshd.log");
-  const logFd = fs.openSync(logFile, "a");
   const cmd = netnsExec(o.netns, [SSHD, "-D", "-e", "-f", config, "-h", hostKeyFile]);
-  let child;
-  try {
-    child = execa(cmd.file, cmd.args, { detached: true, stdin: "ignore", stdout: logFd, stderr: logFd, cleanup: false, reject: false, buffer: false });
-  } finally {
-    fs.closeSync(logFd);
-  }
-  child.catch(() => undefined);
-  let exited = false;
-  child.on("exit", () => (exited = true));
+  const child = spawnDetached(cmd.file, cmd.args, { logFile });
   const pid = child.pid!;
   const deadline = Date.now() + 20000;
-  while (!exited && Date.now() < deadline && !(await canConnect(o.address, port))) await new Promise((r) => setTimeout(r, 100));
-  if (exited || !(await canConnect(o.address, port))) {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // gone
-    }
+  while (!child.exited() && Date.now() < deadline && !(await canConnect(o.address, port))) await new Promise((r) => setTimeout(r, 100));
+  if (child.exited() || !(await canConnect(o.address, port))) {
+    child.kill();
     throw new Error(`sshd in ${o.netns} on ${o.address}:${port} did not start:\n${fs.readFileSync(logFile, "utf8").slice(-2000)}`);
   }
   child.unref();
@@ -130,8 +118,7 @@ export async function startSshd(o: { netns: string; address: string; port?: numb
         return;
       }
       const end = Date.now() + 5000;
-      while (fs.existsSync(`/proc/${pid}`) && !/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8")) && Date.now() < end)
-        await new Promise((r) => setTimeout(r, 50));
+      while (!processEnded(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
       try {
         process.kill(pid, "SIGKILL");
       } catch {
