@@ -183,7 +183,8 @@ export class VirtualCluster extends pulumi.ComponentResource {
         sitePolicyFile: siteFile,
         ...(m.allocation.hostList ? { imageIds: [image.imageId] } : {}),
       },
-      { parent: this, dependsOn: [image.resource] },
+      // Its VMs wait for it (their agents come from it), so for its image and profile too: a VM lists one dependency, not three.
+      { parent: this, dependsOn: [image.resource, profile.resource] },
     );
     for (const vm of m.vms) {
       // accel 'auto' is resolved by a probe boot, as in the YAML program; the config follows it.
@@ -218,7 +219,7 @@ export class VirtualCluster extends pulumi.ComponentResource {
               }),
             ),
           },
-          { parent: this.resource, dependsOn: [image.resource, profile.resource] },
+          { parent: this.resource },
         ),
       );
     }

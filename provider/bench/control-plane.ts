@@ -41,11 +41,55 @@ export interface ControlPlaneResult {
   up: { seconds: number; breakdown: Breakdown };
   preview: { seconds: number; engineProcess: number; breakdown: Breakdown };
   changeOne: { seconds: number; engineProcess: number; breakdown: Breakdown; changed: number };
-  checkpoint: { bytes: number; bytesPerVm: number };
+  checkpoint: { bytes: number; bytesPerVm: number; perVm?: CheckpointShare };
   /** `pulumi destroy` with PULUMI_SKIP_CHECKPOINTS=true (cleanup; only the final checkpoint is written). */
   destroySeconds: number;
   /** A fresh `pulumi up` of the same VMs with PULUMI_SKIP_CHECKPOINTS=true (only the final checkpoint written). */
   upSkipCheckpoints: { seconds: number; breakdown: Breakdown };
+}
+
+/** Where a VM's bytes in the checkpoint go (compact JSON, mean over the VMs), the rest of the file spread over the VMs as `other`. */
+export interface CheckpointShare {
+  /** The VM's inputs (ours), of which `__provider`, the serialized provider. */
+  inputs: number;
+  outputs: number;
+  provider: number;
+  /** What the engine records beside them: URN, type, id, parent, provider reference, dependencies, property dependencies, source position and stack trace, timestamps. */
+  engine: Record<string, number>;
+  /** The stack's outputs (one entry per VM), other resources and the file's framing, per VM. */
+  other: number;
+}
+
+/** Splits a checkpoint's bytes among its VirtualMachine resources' fields. */
+export function checkpointShare(file: string): CheckpointShare {
+  const raw = fs.readFileSync(file, "utf8");
+  const resources = (JSON.parse(raw).checkpoint?.latest?.resources ?? []) as Record<string, unknown>[];
+  const vms = resources.filter((r) => String(r.type).endsWith(":VirtualMachine"));
+  const n = Math.max(1, vms.length);
+  const size = (v: unknown) => Buffer.byteLength(JSON.stringify(v));
+  // A field costs its value, its quoted key, a colon and a comma.
+  const field = (k: string, v: unknown) => size(v) + k.length + 4;
+  const share: CheckpointShare = { inputs: 0, outputs: 0, provider: 0, engine: {}, other: 0 };
+  let counted = 0;
+  for (const r of vms) {
+    for (const [k, v] of Object.entries(r)) {
+      const bytes = field(k, v);
+      counted += bytes;
+      if (k === "inputs") share.inputs += bytes;
+      else if (k === "outputs") share.outputs += bytes;
+      else share.engine[k] = (share.engine[k] ?? 0) + bytes;
+      if ((k === "inputs" || k === "outputs") && v && typeof v === "object" && "__provider" in v)
+        share.provider += field("__provider", (v as Record<string, unknown>).__provider);
+    }
+  }
+  const mean = (x: number) => Math.round(x / n);
+  return {
+    inputs: mean(share.inputs),
+    outputs: mean(share.outputs),
+    provider: mean(share.provider),
+    engine: Object.fromEntries(Object.entries(share.engine).map(([k, v]) => [k, mean(v)])),
+    other: mean(Buffer.byteLength(raw) - counted),
+  };
 }
 
 export interface FloorResult {
@@ -128,6 +172,8 @@ export async function controlPlane(tmp: string, log: (m: string) => void = conso
       throw new Error(`control plane: ${bad.length} of ${Object.keys(outs).length} VMs not running with a job result`);
     log(`  up: ${up.timeline.wall.toFixed(1)} s`);
     const bytes = fs.statSync(checkpointFile(backend, "vse", name)).size;
+    const perVm = checkpointShare(checkpointFile(backend, "vse", name));
+    log(`  checkpoint: ${Math.round(bytes / vms)} B per VM ${JSON.stringify(perVm)}`);
 
     log("control plane: no-op pulumi preview…");
     const preview = await timed(stack, (onEvent) => stack.preview({ onEvent }));
@@ -171,7 +217,7 @@ export async function controlPlane(tmp: string, log: (m: string) => void = conso
         breakdown: breakdown(change.timeline),
         changed,
       },
-      checkpoint: { bytes, bytesPerVm: bytes / vms },
+      checkpoint: { bytes, bytesPerVm: bytes / vms, perVm },
       destroySeconds,
       upSkipCheckpoints: { seconds: upNoCkpt.timeline.wall, breakdown: breakdown(upNoCkpt.timeline) },
     };
@@ -182,4 +228,21 @@ export async function controlPlane(tmp: string, log: (m: string) => void = conso
     await stack.workspace.removeStack(name).catch(() => undefined);
     fs.rmSync(path.join(PROJECT_ROOT, `Pulumi.${name}.yaml`), { force: true });
   }
+}
+
+/** A line for the results: where a VM's checkpoint bytes go. */
+export function checkpointShareMarkdown(perVm: CheckpointShare | undefined, floorBytesPerResource: number): string[] {
+  if (!perVm) return [];
+  const e = perVm.engine;
+  const engineTotal = Object.values(e).reduce((a, b) => a + b, 0);
+  const top = Object.entries(e)
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, v]) => `${k} ${v} B`)
+    .join(", ");
+  return [
+    `Where a VM's checkpoint bytes go (compact JSON, mean per VM): inputs ${perVm.inputs} B and outputs ${perVm.outputs} B (ours; of both, the serialized provider \`__provider\` ${perVm.provider} B); ` +
+      `the engine's own fields ${engineTotal} B (${top}); the stack's outputs, the other resources and the file's framing ${perVm.other} B. ` +
+      `For comparison, a trivial dynamic resource of the floor takes ${Math.round(floorBytesPerResource)} B.`,
+    "",
+  ];
 }

@@ -4,12 +4,17 @@
 // cluster a VirtualCluster and one VirtualMachine per VM, parented to it.
 import * as fs from "fs";
 import * as path from "path";
-import * as pulumi from "@pulumi/pulumi";
+// Not the package index, which loads the whole SDK (automation API, closure serializer, TypeScript): over a second.
+import type * as pulumi from "@pulumi/pulumi";
+import { Config } from "@pulumi/pulumi/config";
+import { RunError } from "@pulumi/pulumi/errors";
+import { getProject, getStack } from "@pulumi/pulumi/metadata";
+import { all } from "@pulumi/pulumi/output";
 import { Environment } from "../resources/environment";
 import { VmProfile } from "../resources/vm-profile";
 import { VirtualCluster } from "../resources/virtual-cluster";
 import { VirtualMachine } from "../resources/virtual-machine";
-import { DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, planClusters, vmInputs } from "./plan";
+import { ClusterPlan, DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, planClusters, vmInputs } from "./plan";
 import { DefinitionError } from "../model/errors";
 import { loadSitePolicy, sitePolicyFile as sitePolicyFileOf } from "../model/site-policy";
 
@@ -22,7 +27,7 @@ function projectRoot(): string {
 }
 
 async function main(): Promise<Record<string, unknown>> {
-  const cfg = new pulumi.Config("vse");
+  const cfg = new Config("vse");
   const root = projectRoot();
   const definitions = (cfg.get("definitions") ?? "examples/local-cluster").split(",").map((p) => path.resolve(root, p.trim()));
   const cacheDir = path.resolve(root, cfg.get("cacheDir") ?? DEFAULT_CACHE_DIR);
@@ -37,12 +42,37 @@ async function main(): Promise<Record<string, unknown>> {
   let plans;
   try {
     const sitePolicy = loadSitePolicy({ file: sitePolicyFile ?? undefined });
-    plans = await planClusters(definitions, cacheDir, { project: pulumi.getProject(), stack: pulumi.getStack(), sitePolicy });
+    plans = await planClusters(definitions, cacheDir, { project: getProject(), stack: getStack(), sitePolicy });
   } catch (err) {
-    if (err instanceof DefinitionError) throw new pulumi.RunError(`invalid definitions:\n${err.message}`);
+    if (err instanceof DefinitionError) throw new RunError(`invalid definitions:\n${err.message}`);
     throw err;
   }
 
+  // The SDK formats a stack trace (through the source maps) for every promise it makes while it registers a resource,
+  // kept only to debug promise leaks (PULUMI_DEBUG_PROMISE_LEAKS): at 1,000 VMs, seconds of the program's time. So
+  // none is captured until every resource is registered. A resource's own source position does not depend on the
+  // limit (the SDK lifts it for that trace), and the engine records it as ever.
+  const stackTraceLimit = Error.stackTraceLimit;
+  const restore = () => void (Error.stackTraceLimit = stackTraceLimit);
+  if (!process.env.PULUMI_DEBUG_PROMISE_LEAKS) Error.stackTraceLimit = 0;
+  try {
+    const { outputs, resources } = declare(plans, cacheDir, stateRoot, sitePolicyFile);
+    all(resources.map((r) => r.urn)).apply(restore);
+    return outputs;
+  } catch (err) {
+    restore();
+    throw err;
+  }
+}
+
+/** Declares the resources of the planned clusters; returns the stack's outputs and the resources. */
+function declare(
+  plans: ClusterPlan[],
+  cacheDir: string,
+  stateRoot: string,
+  sitePolicyFile: string | null,
+): { outputs: Record<string, unknown>; resources: pulumi.CustomResource[] } {
+  const resources: pulumi.CustomResource[] = [];
   const environments = new Map<string, Environment>();
   const profiles = new Map<string, VmProfile>();
   const vmsOut: Record<string, pulumi.Output<unknown>> = {};
@@ -54,19 +84,21 @@ async function main(): Promise<Record<string, unknown>> {
     if (!env) {
       env = new Environment(envKey, { spec: m.environment, imageId: plan.imageId, cacheDir, extras: plan.extras ?? null });
       environments.set(envKey, env);
+      resources.push(env);
     }
     let profile = profiles.get(m.profile.name);
     if (!profile) {
       profile = new VmProfile(m.profile.name, { spec: m.profile });
       profiles.set(m.profile.name, profile);
+      resources.push(profile);
     }
     const cluster = new VirtualCluster(
       m.name,
       {
         name: m.name,
         stateRoot,
-        project: pulumi.getProject(),
-        stack: pulumi.getStack(),
+        project: getProject(),
+        stack: getStack(),
         manager: m.allocation.manager,
         hosts: m.allocation.hosts,
         allocation: m.allocation,
@@ -87,8 +119,10 @@ async function main(): Promise<Record<string, unknown>> {
           kernelArgs: m.environment.kernelArgs,
         })),
       },
-      { dependsOn: [env] },
+      // Its VMs wait for it (their agents come from it), so for its image and profile too: a VM lists one dependency, not three.
+      { dependsOn: [env, profile] },
     );
+    resources.push(cluster);
     for (const p of plan.vms) {
       const vm = new VirtualMachine(
         p.vm.name,
@@ -98,14 +132,15 @@ async function main(): Promise<Record<string, unknown>> {
           agentCa: cluster.ca,
           allocationRef: cluster.allocationRef,
         }),
-        { parent: cluster, dependsOn: [env, profile] },
+        { parent: cluster },
       );
-      vmsOut[p.vm.name] = pulumi
-        .all([vm.status, vm.jobOutput, vm.jobExitCode, vm.jobSeconds, vm.pid, vm.launch])
-        .apply(([status, output, exitCode, seconds, pid, launch]) => ({ status, output, exitCode, seconds, pid, launch }));
+      resources.push(vm);
+      vmsOut[p.vm.name] = all([vm.status, vm.jobOutput, vm.jobExitCode, vm.jobSeconds, vm.pid, vm.launch]).apply(
+        ([status, output, exitCode, seconds, pid, launch]) => ({ status, output, exitCode, seconds, pid, launch }),
+      );
     }
   }
-  return { vms: vmsOut };
+  return { outputs: { vms: vmsOut }, resources };
 }
 
 // Pulumi takes the resolved object as the stack's outputs. It attaches its own handler a tick later;

@@ -1,4 +1,5 @@
-import * as pulumi from "@pulumi/pulumi";
+// Not the package index: it loads the whole SDK (automation API, closure serializer, TypeScript).
+import * as log from "@pulumi/pulumi/log";
 
 /**
  * A warning in the engine's output from inside a dynamic provider, for a
@@ -9,7 +10,7 @@ import * as pulumi from "@pulumi/pulumi";
  */
 export async function warn(message: string): Promise<void> {
   connectEngine();
-  await pulumi.log.warn(message);
+  await log.warn(message);
 }
 
 /**
@@ -19,7 +20,7 @@ export async function warn(message: string): Promise<void> {
  */
 export async function info(message: string): Promise<void> {
   connectEngine();
-  await pulumi.log.info(message);
+  await log.info(message);
 }
 
 function connectEngine(): void {

@@ -1,6 +1,8 @@
-import * as pulumi from "@pulumi/pulumi";
+// Types only: the package's index loads the whole SDK (automation API, closure serializer, TypeScript).
+import type * as pulumi from "@pulumi/pulumi";
 import type { EnvironmentModel } from "../model/resolve";
 import type { ImageExtras } from "../image/busybox";
+import { ModuleProviderResource } from "./provider-module";
 
 export interface EnvironmentInputs {
   /** The environment with defaults filled in, as the image is built from it. */
@@ -52,31 +54,23 @@ export async function envRead(id: string, props: EnvironmentOutputs): Promise<pu
   return { id, props: { ...props, present: fs.existsSync(props.kernel) && fs.existsSync(props.initrd) } };
 }
 
-const MODULE = __filename;
-
-const provider: pulumi.dynamic.ResourceProvider = {
-  create: (inputs) => require(MODULE).envCreate(inputs),
-  diff: (_id, olds, news) => require(MODULE).envDiff(olds, news),
-  update: (_id, olds, news) => require(MODULE).envUpdate(olds, news),
-  read: (id, props) => require(MODULE).envRead(id, props),
+/** What the dynamic-provider plugin runs for an Environment: its state names this module by path (provider-module.ts). */
+export const provider: pulumi.dynamic.ResourceProvider = {
+  create: (inputs) => envCreate(inputs),
+  diff: (_id, olds, news) => envDiff(olds, news),
+  update: (_id, olds, news) => envUpdate(olds, news),
+  read: (id, props) => envRead(id, props),
   // Images are a content-addressed cache shared by stacks; deleting the resource keeps them.
   delete: async () => undefined,
 };
 
 /** A VSE: its image is built (or found in the cache) by content address. */
-export class Environment extends pulumi.dynamic.Resource {
+export class Environment extends ModuleProviderResource {
   declare readonly imageId: pulumi.Output<string>;
   declare readonly kernel: pulumi.Output<string>;
   declare readonly initrd: pulumi.Output<string>;
 
   constructor(name: string, args: Args, opts?: pulumi.CustomResourceOptions) {
-    super(
-      provider,
-      name,
-      { ...args, kernel: undefined, initrd: undefined, built: undefined, present: undefined },
-      { ...opts, hideDiffs: ["__provider"] },
-      "vse",
-      "Environment",
-    );
+    super("Environment", __filename, name, { ...args, kernel: undefined, initrd: undefined, built: undefined, present: undefined }, opts);
   }
 }

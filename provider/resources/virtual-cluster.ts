@@ -1,8 +1,10 @@
-import * as pulumi from "@pulumi/pulumi";
+// Types only: the package's index loads the whole SDK (automation API, closure serializer, TypeScript).
+import type * as pulumi from "@pulumi/pulumi";
 import type { AllocationRequest, ClusterAgents } from "../allocation/allocator";
 import type { AgentLaunch, AgentRecord } from "../allocation/local";
 import type { AllocationModel } from "../model/resolve";
 import { info, warn } from "./engine-log";
+import { ModuleProviderResource } from "./provider-module";
 
 export interface VirtualClusterInputs {
   name: string;
@@ -49,6 +51,13 @@ export interface VirtualClusterOutputs extends VirtualClusterInputs {
 }
 
 type Args = { [K in keyof VirtualClusterInputs]: pulumi.Input<VirtualClusterInputs[K]> };
+
+/** The inputs as the outputs record them: vmFacts (an entry per VM, for a policy pack, which judges inputs) stays in the inputs. */
+function recorded(i: VirtualClusterInputs): Omit<VirtualClusterInputs, "vmFacts"> {
+  const rest = { ...i };
+  delete rest.vmFacts;
+  return rest;
+}
 
 function keyOf(i: VirtualClusterInputs): string {
   const { clusterKey } = require("../drivers/network") as typeof import("../drivers/network");
@@ -158,7 +167,7 @@ export async function clusterCreate(inputs: VirtualClusterInputs): Promise<pulum
   return {
     id: `${inputs.project}.${inputs.stack}.${inputs.name}`,
     outs: {
-      ...inputs,
+      ...recorded(inputs),
       clusterKey,
       token: req.launch.token,
       agents: got.agents.map((a) => ({ ...a, healthy: true })),
@@ -220,7 +229,15 @@ export async function clusterUpdate(olds: VirtualClusterOutputs, news: VirtualCl
   if (policy !== "none" && (relaunch || healthy.includes(false))) await untilAllHeard(req, { ...state, agents });
   await setRecovery(req, { ...state, agents }, policy);
   return {
-    outs: { ...news, clusterKey: olds.clusterKey, token: olds.token, agents, ca: state.ca, allocationInfo: state.info, allocationRef: state.ref ?? null },
+    outs: {
+      ...recorded(news),
+      clusterKey: olds.clusterKey,
+      token: olds.token,
+      agents,
+      ca: state.ca,
+      allocationInfo: state.info,
+      allocationRef: state.ref ?? null,
+    },
   };
 }
 
@@ -243,7 +260,7 @@ export async function clusterRead(id: string, props: VirtualClusterOutputs): Pro
   for (const a of state.agents) agents.push({ ...a, healthy: await allocator.healthy(req, state, a) });
   const status = allocator.status ? await allocator.status(req, state) : undefined;
   const allocationInfo = status ? { ...state.info, allocation: status.active ? "active" : `ended${status.reason ? `: ${status.reason}` : ""}` } : state.info;
-  return { id, props: { ...props, agents, ca: state.ca, allocationInfo, ...(await failuresOf(props, state)) } };
+  return { id, props: { ...recorded(props), agents, ca: state.ca, allocationInfo, ...(await failuresOf(props, state)) } };
 }
 
 /** The cluster's failure record, for agents that watch each other (HTTPS); remembered by cluster key so its VMs find it too. */
@@ -266,19 +283,17 @@ async function failuresOf(props: VirtualClusterOutputs, state: ClusterAgents): P
   };
 }
 
-const MODULE = __filename;
-
-// Kept tiny: serialized into the cluster's state, it only loads the code above.
-const provider: pulumi.dynamic.ResourceProvider = {
-  create: (inputs) => require(MODULE).clusterCreate(inputs),
-  diff: (_id, olds, news) => require(MODULE).clusterDiff(olds, news),
-  update: (_id, olds, news) => require(MODULE).clusterUpdate(olds, news),
-  delete: (_id, props) => require(MODULE).clusterDelete(props),
-  read: (id, props) => require(MODULE).clusterRead(id, props),
+/** What the dynamic-provider plugin runs for a cluster: its state names this module by path (provider-module.ts). */
+export const provider: pulumi.dynamic.ResourceProvider = {
+  create: (inputs) => clusterCreate(inputs),
+  diff: (_id, olds, news) => clusterDiff(olds, news),
+  update: (_id, olds, news) => clusterUpdate(olds, news),
+  delete: (_id, props) => clusterDelete(props),
+  read: (id, props) => clusterRead(id, props),
 };
 
 /** A virtual cluster: its node agents (one per allocated host) and their shared secret token. */
-export class VirtualCluster extends pulumi.dynamic.Resource {
+export class VirtualCluster extends ModuleProviderResource {
   declare readonly token: pulumi.Output<string>;
   declare readonly clusterKey: pulumi.Output<string>;
   declare readonly agents: pulumi.Output<VirtualClusterOutputs["agents"]>;
@@ -288,12 +303,11 @@ export class VirtualCluster extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: Args, opts?: pulumi.CustomResourceOptions) {
     super(
-      provider,
+      "VirtualCluster",
+      __filename,
       name,
       { ...args, clusterKey: undefined, token: undefined, agents: undefined, ca: undefined, allocationInfo: undefined, allocationRef: undefined },
-      { ...opts, hideDiffs: ["__provider"], additionalSecretOutputs: ["token"] },
-      "vse",
-      "VirtualCluster",
+      { ...opts, additionalSecretOutputs: ["token"] },
     );
   }
 }

@@ -1,6 +1,9 @@
-import * as pulumi from "@pulumi/pulumi";
+// Types only: the package's index loads the whole SDK (automation API, closure serializer, TypeScript).
+import type * as pulumi from "@pulumi/pulumi";
+import { all } from "@pulumi/pulumi/output";
 import type { VmSpec, VmView } from "../agent/protocol";
 import { info, warn } from "./engine-log";
+import { ModuleProviderResource } from "./provider-module";
 
 /** Inputs of one VM; every key has a policy in provider/model/lifecycle.ts (VM_INPUT_POLICY). */
 export interface VirtualMachineInputs {
@@ -27,9 +30,19 @@ export interface VirtualMachineInputs {
   jobTimeoutSeconds: number;
   /** running (also when absent, as in states written before it existed) or paused: changed in place (pause/resume of the same process). */
   state?: "running" | "paused";
+  /** A warm environment's job (its argv and environment are not in its image): handed to the guest after the restore; null otherwise. */
+  job?: { command: string[]; env: Record<string, string> } | null;
 }
 
-export interface VirtualMachineOutputs extends VirtualMachineInputs {
+/**
+ * A VM's outputs: its inputs as recorded, and what was observed. The rendered config is recorded by
+ * its digest only (configDigest): the inputs keep its text, which `preview --diff` shows line by line,
+ * and diff only compares it. States written before configDigest hold the text here as `config`.
+ */
+export interface VirtualMachineOutputs extends Omit<VirtualMachineInputs, "config"> {
+  config?: string;
+  /** sha256 (hex) of the config the VM was last applied with. */
+  configDigest?: string;
   /** Observed state: running, completed (powered off after its job), failed, stopped, missing, unreachable. */
   status: string;
   pid: number | null;
@@ -47,6 +60,8 @@ export interface VirtualMachineOutputs extends VirtualMachineInputs {
 }
 
 type Args = { [K in keyof VirtualMachineInputs]: pulumi.Input<VirtualMachineInputs[K]> };
+/** The outputs that are observed, not inputs recorded. */
+type Observed = "status" | "pid" | "starts" | "jobOutput" | "jobExitCode" | "jobSeconds" | "message" | "launch" | "accounting";
 
 const INPUT_KEYS: (keyof VirtualMachineInputs)[] = [
   "cluster",
@@ -68,14 +83,35 @@ const INPUT_KEYS: (keyof VirtualMachineInputs)[] = [
   "afterJob",
   "jobTimeoutSeconds",
   "state",
+  "job",
 ];
 
 /** What an input an older stack did not record meant: a VM then always ran; the rest were absent (null). */
-const RECORDED_BEFORE: Partial<Record<keyof VirtualMachineInputs, unknown>> = { state: "running" };
+const RECORDED_BEFORE: Partial<Record<keyof VirtualMachineInputs, unknown>> = { state: "running", job: null };
+
+function configDigest(config: string): string {
+  const { createHash } = require("crypto") as typeof import("crypto");
+  return createHash("sha256").update(config).digest("hex");
+}
+
+/** The digest of the config a state or the inputs hold (states before configDigest hold its text). */
+function configDigestOf(i: VirtualMachineInputs | VirtualMachineOutputs): string | null {
+  return (i as VirtualMachineOutputs).configDigest ?? (typeof i.config === "string" ? configDigest(i.config) : null);
+}
+
+/** Inputs as the state records them: all but the config, which is recorded by its digest. */
+function recorded(i: VirtualMachineInputs | VirtualMachineOutputs): Omit<VirtualMachineOutputs, Observed> {
+  const rest: Partial<VirtualMachineOutputs> = { ...i };
+  delete rest.config;
+  const digest = configDigestOf(i);
+  // An undefined value cannot cross to the engine (protobuf Struct): absent, not undefined.
+  return (digest === null ? rest : { ...rest, configDigest: digest }) as Omit<VirtualMachineOutputs, Observed>;
+}
 
 /** Inputs whose value differs, an unrecorded input counting as what it meant then. */
 function changedInputs(olds: VirtualMachineOutputs, news: VirtualMachineInputs): (keyof VirtualMachineInputs)[] {
-  const value = (i: Partial<VirtualMachineInputs>, k: keyof VirtualMachineInputs) => JSON.stringify(i[k] ?? RECORDED_BEFORE[k] ?? null);
+  const value = (i: VirtualMachineOutputs | VirtualMachineInputs, k: keyof VirtualMachineInputs) =>
+    k === "config" ? configDigestOf(i) : JSON.stringify(i[k] ?? RECORDED_BEFORE[k] ?? null);
   return INPUT_KEYS.filter((k) => value(olds, k) !== value(news, k));
 }
 
@@ -104,6 +140,7 @@ export function specOf(inputs: VirtualMachineInputs): VmSpec {
     afterJob: inputs.afterJob,
     // Absent when running, so that specs of running VMs stay as they were.
     ...(inputs.state === "paused" ? { state: "paused" as const } : {}),
+    ...(inputs.job ? { job: inputs.job } : {}),
   };
 }
 
@@ -113,9 +150,14 @@ function statusOf(v: VmView): string {
   return v.observed.state;
 }
 
-function outputsFrom(inputs: VirtualMachineInputs, v: VmView | undefined, jobSeconds: number | null, fallbackStatus = "missing"): VirtualMachineOutputs {
+function outputsFrom(
+  inputs: VirtualMachineInputs | VirtualMachineOutputs,
+  v: VmView | undefined,
+  jobSeconds: number | null,
+  fallbackStatus = "missing",
+): VirtualMachineOutputs {
   return {
-    ...inputs,
+    ...recorded(inputs),
     status: v ? statusOf(v) : fallbackStatus,
     pid: v?.observed.pid ?? null,
     starts: v?.observed.starts ?? 0,
@@ -270,23 +312,37 @@ async function migrate(olds: VirtualMachineOutputs, news: VirtualMachineInputs):
   };
 }
 
+/** Whether the old config differs from the new one only in the NICs' host address. */
+async function configMovesOnly(olds: VirtualMachineOutputs, news: VirtualMachineInputs, landed: VmView | undefined): Promise<boolean> {
+  const { sameBesidesHostAddress } = require("../drivers/network") as typeof import("../drivers/network");
+  // A state records the config by its digest (states before configDigest: its text); the text is what the source's agent runs.
+  let old = olds.config;
+  if (old === undefined) {
+    const v = await clientOf(olds)
+      .getVm(olds.vmName)
+      .catch(() => undefined);
+    if (v && configDigest(v.spec.config) === olds.configDigest) old = v.spec.config;
+  }
+  if (old !== undefined) return sameBesidesHostAddress(old, news.config);
+  // The source has it no more: a target that runs exactly the new config is this update's move, interrupted after it landed.
+  return landed?.spec.config === news.config;
+}
+
 export async function vmUpdate(olds: VirtualMachineOutputs, news: VirtualMachineInputs): Promise<pulumi.dynamic.UpdateResult> {
   const { vmChange } = require("../model/lifecycle") as typeof import("../model/lifecycle");
   const changed = changedInputs(olds, news);
   if (vmChange(changed).policy === "migrate") {
     // A running guest whose config is otherwise unchanged moves live; anything else starts afresh on the new host.
     // A NIC's host address is part of placement too: the target binds it to its own address (drivers/network.ts).
-    const { sameBesidesHostAddress } = require("../drivers/network") as typeof import("../drivers/network");
-    const onlyPlacement = changed.every(
-      (k) => ["host", "agentUrl", "token", "jobTimeoutSeconds"].includes(k) || (k === "config" && sameBesidesHostAddress(olds.config, news.config)),
-    );
+    const placement = changed.every((k) => ["host", "agentUrl", "token", "jobTimeoutSeconds", "config"].includes(k));
     // A migration that an interruption cut short may have landed already: then the VM runs on the target and is only adopted.
-    const there = onlyPlacement
+    const there = placement
       ? await clientOf(news)
           .getVm(news.vmName)
           .catch(() => undefined)
       : undefined;
     const landed = there?.observed.state === "running" && !there.observed.incoming;
+    const onlyPlacement = placement && (!changed.includes("config") || (await configMovesOnly(olds, news, landed ? there : undefined)));
     if (onlyPlacement && (olds.status === "running" || landed)) return { outs: await migrate(olds, news) };
     const outs = await apply(news);
     await clientOf(olds)
@@ -377,19 +433,17 @@ async function endedAllocation(props: VirtualMachineOutputs): Promise<string | u
   });
 }
 
-const MODULE = __filename;
-
-// Kept tiny: this object is serialized into every VM's state, so it only loads the code above.
-const provider: pulumi.dynamic.ResourceProvider = {
-  create: (inputs) => require(MODULE).vmCreate(inputs),
-  diff: (_id, olds, news) => require(MODULE).vmDiff(olds, news),
-  update: (_id, olds, news) => require(MODULE).vmUpdate(olds, news),
-  delete: (_id, props) => require(MODULE).vmDelete(props),
-  read: (id, props) => require(MODULE).vmRead(id, props),
+/** What the dynamic-provider plugin runs for a VM: each VM's state names this module by path (provider-module.ts). */
+export const provider: pulumi.dynamic.ResourceProvider = {
+  create: (inputs) => vmCreate(inputs),
+  diff: (_id, olds, news) => vmDiff(olds, news),
+  update: (_id, olds, news) => vmUpdate(olds, news),
+  delete: (_id, props) => vmDelete(props),
+  read: (id, props) => vmRead(id, props),
 };
 
 /** One virtual machine of a cluster, kept in its desired state by the agent of its host. */
-export class VirtualMachine extends pulumi.dynamic.Resource {
+export class VirtualMachine extends ModuleProviderResource {
   declare readonly status: pulumi.Output<string>;
   declare readonly pid: pulumi.Output<number | null>;
   declare readonly starts: pulumi.Output<number>;
@@ -412,6 +466,8 @@ export class VirtualMachine extends pulumi.dynamic.Resource {
       launch: undefined,
       accounting: undefined,
     };
-    super(provider, name, { ...args, ...outs }, { ...opts, hideDiffs: ["__provider"], additionalSecretOutputs: ["token"] }, "vse", "VirtualMachine");
+    super("VirtualMachine", __filename, name, { ...args, ...outs }, { ...opts, additionalSecretOutputs: ["token"] });
+    // The state records the config by its digest: the text is the input's, once the VM is registered (in a preview too).
+    this.config = all([this.urn, args.config]).apply(([, config]) => config);
   }
 }

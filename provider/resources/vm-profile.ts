@@ -1,5 +1,7 @@
-import * as pulumi from "@pulumi/pulumi";
+// Types only: the package's index loads the whole SDK (automation API, closure serializer, TypeScript).
+import type * as pulumi from "@pulumi/pulumi";
 import type { ProfileModel } from "../model/resolve";
+import { ModuleProviderResource } from "./provider-module";
 
 export interface VmProfileInputs {
   /** The profile with units normalised and defaults filled in. */
@@ -43,20 +45,19 @@ export async function profileUpdate(_olds: VmProfileOutputs, news: VmProfileInpu
   return { outs: await check(news) };
 }
 
-const MODULE = __filename;
-
-const provider: pulumi.dynamic.ResourceProvider = {
-  create: (inputs) => require(MODULE).profileCreate(inputs),
-  diff: (_id, olds, news) => require(MODULE).profileDiff(olds, news),
-  update: (_id, olds, news) => require(MODULE).profileUpdate(olds, news),
+/** What the dynamic-provider plugin runs for a VmProfile: its state names this module by path (provider-module.ts). */
+export const provider: pulumi.dynamic.ResourceProvider = {
+  create: (inputs) => profileCreate(inputs),
+  diff: (_id, olds, news) => profileDiff(olds, news),
+  update: (_id, olds, news) => profileUpdate(olds, news),
   delete: async () => undefined,
 };
 
 /** A VM profile: the hypervisor-independent shape of a VM; per-VM configs are rendered from it. */
-export class VmProfile extends pulumi.dynamic.Resource {
+export class VmProfile extends ModuleProviderResource {
   declare readonly hypervisorChecked: pulumi.Output<string[]>;
 
   constructor(name: string, args: { spec: pulumi.Input<ProfileModel> }, opts?: pulumi.CustomResourceOptions) {
-    super(provider, name, { ...args, hypervisorChecked: undefined }, { ...opts, hideDiffs: ["__provider"] }, "vse", "VmProfile");
+    super("VmProfile", __filename, name, { ...args, hypervisorChecked: undefined }, opts);
   }
 }
