@@ -3,7 +3,7 @@ import * as path from "path";
 import type { ConfigFacts } from "../drivers/qemu";
 import type { DriverOps, ExitStatus, RunningVm } from "../drivers/driver";
 import type { SitePolicy } from "../model/types.generated";
-import { agentLoadViolations, RuleViolation, violationMessage, vmRuleViolations } from "../model/policy";
+import type { RuleViolation } from "../model/policy";
 import { LOOPBACK_HOST_ADDRESS } from "../drivers/network";
 import { ImageNotFound, ImageStore } from "./image-store";
 import { AgentRefusal, JobResult, VmObserved, VmSpec, VmView } from "./protocol";
@@ -450,6 +450,9 @@ export class Agent {
       if (err instanceof ImageNotFound) throw new AgentRefusal(403, `config: ${err.message}`);
       throw err;
     }
+    // Loaded on first use: the model's policy module brings the definitions' parsers (ajv, yaml), which an agent
+    // that never admits a VM (a benchmark's thousand) need not load, and a process start need not wait for.
+    const { agentLoadViolations, violationMessage, vmRuleViolations } = require("../model/policy") as typeof import("../model/policy");
     const policy = this.o.policy();
     const violations: RuleViolation[] = vmRuleViolations(policy, {
       vm: name,
@@ -509,7 +512,7 @@ export class Agent {
     // The intent is on disk before any process exists: a crash from here on is found again by recover().
     this.recordIntent();
     try {
-      await ops.create({ name: e.name, config: e.spec.config });
+      await ops.create({ name: e.name, config: e.spec.config, ...(e.spec.job ? { job: e.spec.job } : {}) });
       // The guest's console up to the checkpoint goes before the new one: the job's output began there.
       if (restore) fs.copyFileSync(restore.console, path.join(this.vmsDir, e.name, RESTORED_CONSOLE));
       else fs.rmSync(path.join(this.vmsDir, e.name, RESTORED_CONSOLE), { force: true });

@@ -65,6 +65,32 @@ export interface VmSpec {
   state?: "running" | "paused";
   /** "checkpoint:<64 hex>": a start restores this checkpoint of the host's store (agent/checkpoint.ts) instead of booting. */
   restoreFrom?: string;
+  /** A warm image's job (its argv and environment are not in the image): handed to the guest with its identity after the restore. */
+  job?: { command: string[]; env: Record<string, string> };
+}
+
+/** Limits on a handed job: what a guest's control port takes in one go. */
+export const JOB_LIMITS = { maxArgs: 256, maxEnv: 128, maxBytes: 32768 };
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+
+function checkJob(j: unknown): string | undefined {
+  if (typeof j !== "object" || j === null || Array.isArray(j) || Object.keys(j).some((k) => k !== "command" && k !== "env"))
+    return "job: expected { command, env }";
+  const { command, env } = j as { command?: unknown; env?: unknown };
+  if (!Array.isArray(command) || command.length < 1 || command.length > JOB_LIMITS.maxArgs || command.some((a) => typeof a !== "string"))
+    return `job.command: expected 1 to ${JOB_LIMITS.maxArgs} strings`;
+  if (typeof env !== "object" || env === null || Array.isArray(env)) return "job.env: expected an object of strings";
+  const vars = Object.entries(env as Record<string, unknown>);
+  if (vars.length > JOB_LIMITS.maxEnv) return `job.env: expected at most ${JOB_LIMITS.maxEnv} variables`;
+  for (const [k, v] of vars) {
+    if (!ENV_NAME.test(k)) return `job.env: ${JSON.stringify(k.slice(0, 100))} is not a variable name`;
+    if (typeof v !== "string") return `job.env.${k}: expected a string`;
+  }
+  const all = [...(command as string[]), ...vars.map(([k, v]) => `${k}=${String(v)}`)];
+  if (all.some((a) => a.includes("\0"))) return "job: NUL is not allowed in an argument or a value";
+  if (all.reduce((n, a) => n + Buffer.byteLength(a), 0) > JOB_LIMITS.maxBytes)
+    return `job: expected at most ${JOB_LIMITS.maxBytes} bytes of arguments and values`;
+  return undefined;
 }
 
 export const CHECKPOINT_REF = /^checkpoint:([0-9a-f]{64})$/;
@@ -105,7 +131,7 @@ export interface VmView {
 export function checkVmSpec(body: unknown): string | undefined {
   if (typeof body !== "object" || body === null || Array.isArray(body)) return "body: expected a JSON object";
   const b = body as Record<string, unknown>;
-  const allowed = ["hypervisor", "config", "markers", "stopGraceSeconds", "afterJob", "state", "restoreFrom"];
+  const allowed = ["hypervisor", "config", "markers", "stopGraceSeconds", "afterJob", "state", "restoreFrom", "job"];
   const extra = Object.keys(b).filter((k) => !allowed.includes(k));
   if (extra.length) return `${extra[0]}: unknown field; expected one of ${allowed.join(", ")}`;
   if (typeof b.hypervisor !== "string" || !AGENT_HYPERVISORS.includes(b.hypervisor)) {
@@ -136,5 +162,6 @@ export function checkVmSpec(body: unknown): string | undefined {
     return `restoreFrom: expected "checkpoint:<64 hex digits>", found ${JSON.stringify(b.restoreFrom).slice(0, 100)}`;
   if (b.restoreFrom !== undefined && b.hypervisor !== "qemu")
     return `restoreFrom: checkpoints are restored by "qemu" only, found ${JSON.stringify(b.hypervisor)}`;
+  if (b.job !== undefined) return checkJob(b.job);
   return undefined;
 }

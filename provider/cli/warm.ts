@@ -42,7 +42,8 @@ export async function warmSnapshots(paths: string[], cacheDir: string, options: 
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "vse-warm-"));
     const ops = await qemuDriver.open({ stateDir, resolveImage: imageResolver(cacheDir), snapshotDir });
     try {
-      await ops.create({ name: first.vm.name, config: first.config });
+      const { command, env } = plan.model.environment.job;
+      await ops.create({ name: first.vm.name, config: first.config, job: { command, env } });
       await ops.start(first.vm.name);
       const end = Date.now() + timeoutMs;
       while (!restoreUri(snapshotDir, facts)) {

@@ -64,6 +64,8 @@ export interface VmStatus {
 export interface VmInstance {
   name: string;
   config: string;
+  /** A warm image's job, handed to the guest after the restore (VmSpec.job); other VMs have theirs in their image. */
+  job?: { command: string[]; env: Record<string, string> };
 }
 
 export interface StartOptions {

@@ -36,11 +36,15 @@ import {
 } from "./qemu";
 import { qmpCommand } from "./qmp";
 import { fileRestoreUri, handIdentity, restoreUri, resumeRestored, saveSnapshot, saveState, waitForReady } from "./qemu-warm";
-import { identityLine, markersFor, readyMarker } from "../image/busybox";
+import { HandedJob, identityLine, markersFor, readyMarker } from "../image/busybox";
 
 const requirements: Requirement[] = [binaryOnPath(QEMU_BINARY, "qemu-system-x86")];
 
 const CONFIG_FILE = "vm.args";
+/** A warm VM's job (VmInstance.job), kept beside its config for every start. */
+const JOB_FILE = "job.json";
+/** How a VM's process came up (warm: restored from a snapshot; cold: booted; migrated; checkpoint), for an agent that finds it after a restart. */
+const LAUNCH_FILE = "launch";
 /** The QOM id of a VM's migration TLS credentials (agent-owned; a config cannot add objects). */
 const MIGRATION_TLS_ID = "vse-migrate-tls";
 
@@ -79,6 +83,9 @@ export function qemuFromPidfile(pidfile: string, name: string): number | undefin
 
 /** QEMU through the functions in qemu.ts, plus QMP for pause, resume, facts and migration. The node agent's road to QEMU. */
 class QemuOps implements DriverOps {
+  /** Warm VMs this driver has handed (or is handing) their identity and job. */
+  private readonly handing = new Set<string>();
+
   constructor(
     private readonly stateDir: string,
     private readonly resolveImage: ImageResolver,
@@ -127,8 +134,13 @@ class QemuOps implements DriverOps {
     qemuArgs(vm.config, p, this.resolveImage, this.hostAddress); // refuse a bad config or a missing image now, not at start
     // The driver finds its process by -name; a config naming another VM would run unseen.
     if (configVmName(vm.config) !== vm.name) throw new Error(`qemu: config of VM ${vm.name} names "${configVmName(vm.config)}" in -name`);
+    // A warm image has no job of its own: without one to hand over, its guest would wait for ever.
+    if (isWarm(parseQemuConfig(vm.config).facts) && !vm.job)
+      throw new Error(`qemu: VM ${vm.name} is of a warm image: its job (spec.job) is handed to the guest after the restore, and none was given`);
     fs.mkdirSync(p.dir, { recursive: true });
     writeFileAtomic(path.join(p.dir, CONFIG_FILE), vm.config);
+    if (vm.job) writeFileAtomic(path.join(p.dir, JOB_FILE), JSON.stringify(vm.job));
+    else fs.rmSync(path.join(p.dir, JOB_FILE), { force: true });
   }
 
   async start(name: string, opts: StartOptions = {}): Promise<RunningVm> {
@@ -144,6 +156,10 @@ class QemuOps implements DriverOps {
     const incoming = opts.incoming ?? restore;
     const tls = opts.incoming ? this.tlsFor(opts.incoming) : undefined;
     // A TLS target is set up over QMP before it listens: -incoming defer, then the credentials, then migrate-incoming.
+    // This driver hands a warm guest its identity itself; what a later agent finds (handOverFound) says how it came up.
+    this.handing.add(name);
+    fs.mkdirSync(p.dir, { recursive: true });
+    writeFileAtomic(path.join(p.dir, LAUNCH_FILE), opts.incoming ? "migrated" : opts.restoreFile ? "checkpoint" : restore ? "warm" : "cold");
     const child = startQemu(config, p, incoming ? ["-incoming", tls ? "defer" : incoming] : [], this.resolveImage, this.hostAddress);
     const exited = new Promise<ExitStatus>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
     let ended = false;
@@ -179,16 +195,42 @@ class QemuOps implements DriverOps {
       this.handOver(name, facts, p);
       return { pid, exited, launch: "warm" };
     }
-    // A warm VM without a snapshot boots; at its ready point it is saved for the next ones, then handed its identity.
-    void (async () => {
-      if (!(await waitForReady(p, readyMarker(facts.imageId), () => !ended, 300000))) return;
-      if (this.snapshotDir && !restoreUri(this.snapshotDir, facts)) await saveSnapshot(p, this.snapshotDir, facts).catch(() => undefined);
-      this.handOver(name, facts, p);
-    })();
+    this.bootThenHandOver(name, facts, p, () => !ended);
     return { pid, exited, launch: "cold" };
   }
 
-  /** Hands a warm guest its name and MAC, in the background; a guest that never gets them shows it in its console and job timeout. */
+  /** A warm VM without a snapshot boots; at its ready point it is saved for the next ones, then handed its identity and job. */
+  private bootThenHandOver(name: string, facts: ConfigFacts, p: VmPaths, alive: () => boolean): void {
+    void (async () => {
+      if (!(await waitForReady(p, readyMarker(facts.imageId), alive, 300000))) return;
+      if (this.snapshotDir && !restoreUri(this.snapshotDir, facts)) await saveSnapshot(p, this.snapshotDir, facts).catch(() => undefined);
+      this.handOver(name, facts, p);
+    })();
+  }
+
+  /**
+   * A warm guest found running by an agent that did not start it (a restart) and whose job has not begun
+   * was perhaps never handed its identity and job: they are handed (again; the guest drops a partial one).
+   */
+  private handOverFound(name: string, pid: number): void {
+    if (this.handing.has(name)) return;
+    this.handing.add(name);
+    try {
+      const p = this.paths(name);
+      const { facts } = parseQemuConfig(this.config(name));
+      if (!isWarm(facts) || !fs.existsSync(path.join(p.dir, JOB_FILE))) return;
+      const printed = fs.existsSync(p.console) ? fs.readFileSync(p.console, "utf8") : "";
+      if (printed.includes(markersFor(facts.imageId).begin)) return;
+      // A migrated or checkpointed guest had its identity before it was saved.
+      const launch = fs.existsSync(path.join(p.dir, LAUNCH_FILE)) ? fs.readFileSync(path.join(p.dir, LAUNCH_FILE), "utf8") : "";
+      if (launch === "warm") this.handOver(name, facts, p);
+      else if (launch === "cold") this.bootThenHandOver(name, facts, p, () => this.pid(name) === pid);
+    } catch {
+      // Finding the process is what recover is for; a VM that cannot be handed over shows it in its console and job timeout.
+    }
+  }
+
+  /** Hands a warm guest its name, MAC and job, in the background; a guest that never gets them shows it in its console and job timeout. */
   private handOver(name: string, facts: ConfigFacts, p: VmPaths): void {
     const begin = markersFor(facts.imageId).begin;
     const taken = () => {
@@ -198,12 +240,14 @@ class QemuOps implements DriverOps {
         return false;
       }
     };
-    handIdentity(p, identityLine(name, facts.nics[0]?.mac), taken).catch(() => undefined);
+    const job = JSON.parse(fs.readFileSync(path.join(p.dir, JOB_FILE), "utf8")) as HandedJob;
+    handIdentity(p, identityLine(name, facts.nics[0]?.mac, job), taken).catch(() => undefined);
   }
 
   async recover(name: string): Promise<RunningVm | undefined> {
     const pid = this.pid(name);
     if (pid === undefined) return undefined;
+    this.handOverFound(name, pid);
     return { pid };
   }
 

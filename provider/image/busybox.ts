@@ -56,9 +56,31 @@ export function readyMarker(imageId: string): string {
   return `==vse-job:${imageId.slice(0, 12)}:ready==`;
 }
 
-/** The line the node agent writes to a warm guest's control port (ttyS1): its name and MAC ("-" without a NIC). */
-export function identityLine(name: string, mac: string | undefined): string {
-  return `vse-identity ${name} ${mac ?? "-"}\n`;
+/** A job as a warm guest is handed it: its argv and environment. */
+export interface HandedJob {
+  command: string[];
+  env: Record<string, string>;
+}
+
+/**
+ * What the node agent writes to a warm guest's control port (ttyS1): its name
+ * and MAC ("-" without a NIC), then its job, one argument and one variable a
+ * line, each base64 (any bytes but NUL arrive as they were), then "vse-run".
+ */
+export function identityLine(name: string, mac: string | undefined, job: HandedJob): string {
+  const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64");
+  return [
+    `vse-identity ${name} ${mac ?? "-"}`,
+    ...job.command.map((a) => `vse-arg ${b64(a)}`),
+    ...Object.entries(job.env).map(([k, v]) => `vse-env ${b64(`${k}=${v}`)}`),
+    "vse-run",
+    "",
+  ].join("\n");
+}
+
+/** The parts of a job that are in an image: a warm image takes its argv and environment from the agent, so one snapshot serves any job. */
+export function imageJob(env: EnvironmentModel): { command?: string[]; env?: Record<string, string>; afterJob: string } {
+  return env.warm ? { afterJob: env.job.afterJob } : { command: env.job.command, env: env.job.env, afterJob: env.job.afterJob };
 }
 
 /**
@@ -73,7 +95,6 @@ function warmInit(markers: { ready: string }, bb: string): string[] {
     "exec 3</dev/ttyS1",
     `echo ${shQuote(markers.ready)}`,
     'while read -r vse_tag vse_name vse_mac <&3; do [ "$vse_tag" = vse-identity ] && break; done',
-    "exec 3<&-",
     `${bb} hostname "$vse_name"`,
     'if [ -n "$vse_mac" ] && [ "$vse_mac" != - ]; then',
     `  ${bb} ip link set eth0 address "$vse_mac"`,
@@ -81,6 +102,18 @@ function warmInit(markers: { ready: string }, bb: string): string[] {
     "  vse_n=$(( (0x$5 << 8 | 0x$6) + 1 ))",
     '  vse_ip="10.77.$((vse_n >> 8)).$((vse_n & 255))/16"',
     "fi",
+    "# then its job: one base64 argument or NAME=value a line (an x keeps trailing newlines through $( )), until vse-run.",
+    "set --",
+    "while read -r vse_tag vse_b64 <&3; do",
+    '  case "$vse_tag" in',
+    // Handed again (the agent restarted mid-way): what came before is dropped.
+    "    vse-identity) set -- ;;",
+    `    vse-arg) vse_a=$(echo "$vse_b64" | ${bb} base64 -d; echo x); set -- "$@" "\${vse_a%x}" ;;`,
+    `    vse-env) vse_a=$(echo "$vse_b64" | ${bb} base64 -d; echo x); export "\${vse_a%x}" ;;`,
+    "    vse-run) break ;;",
+    "  esac",
+    "done",
+    "exec 3<&-",
   ];
 }
 
@@ -136,7 +169,7 @@ export function imageId(env: EnvironmentModel, kernel: KernelInfo = hostKernel()
   const identity = {
     builder: BUILDER_VERSION,
     base: env.base,
-    job: { command: env.job.command, env: env.job.env, afterJob: env.job.afterJob },
+    job: imageJob(env),
     kernel: fileDigest(kernel.path),
     busybox: fileDigest(BUSYBOX),
     ...(env.warm ? { warm: true } : {}),
@@ -230,7 +263,8 @@ export interface InitOptions {
 
 export function initScript(env: EnvironmentModel, markers: JobMarkers, extras?: ImageExtras, moduleFiles: string[] = [], options: InitOptions = {}): string {
   const bb = options.busybox ?? BUSYBOX;
-  const envExports = Object.entries(env.job.env).map(([k, v]) => `export ${k}=${shQuote(v)}`);
+  // A warm guest is handed its argv and environment with its identity (warmInit); a cold one has them here.
+  const envExports = env.warm ? [] : Object.entries(env.job.env).map(([k, v]) => `export ${k}=${shQuote(v)}`);
   const after =
     env.job.afterJob === "power-off"
       ? ["# power-off: QEMU runs with -no-reboot, so a reboot ends the VM.", `${bb} sync`, `${bb} reboot -f`]
@@ -246,7 +280,7 @@ export function initScript(env: EnvironmentModel, markers: JobMarkers, extras?: 
       ? extrasInit(extras ?? {}, moduleFiles, bb, env.warm ? warmInit({ ready: markers.begin.replace(/:begin==$/, ":ready==") }, bb) : [])
       : []),
     ...envExports,
-    `set -- ${env.job.command.map(shQuote).join(" ")}`,
+    ...(env.warm ? [] : [`set -- ${env.job.command.map(shQuote).join(" ")}`]),
     `echo ${shQuote(markers.begin)}`,
     `"$@" </dev/null 2>&1`,
     "status=$?",

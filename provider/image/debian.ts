@@ -16,7 +16,7 @@ import * as path from "path";
 import * as zlib from "zlib";
 import type { DebianModel, EnvironmentModel } from "../model/resolve";
 import type { ImageFiles } from "../render/render";
-import { BUSYBOX, fileDigest, hostKernel, initScript, KernelInfo, markersFor, imageSlot, publishImage } from "./busybox";
+import { BUSYBOX, fileDigest, hostKernel, imageJob, initScript, KernelInfo, markersFor, imageSlot, publishImage } from "./busybox";
 import { cpioArchive, CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG } from "./cpio";
 import { startProgress } from "./progress";
 
@@ -39,7 +39,7 @@ export function checkDebian(d: DebianModel | undefined): DebianModel {
   return d;
 }
 
-/** Content address of a Debian image: what is installed, from where, the job, and the exact kernel and busybox bytes. Hashes only, builds nothing. */
+/** Content address of a Debian image: what is installed, from where, the job (its argv and environment only when not warm), and the exact kernel and busybox bytes. Hashes only, builds nothing. */
 export function debianImageId(env: EnvironmentModel, kernel: KernelInfo = hostKernel()): string {
   const d = checkDebian(env.debian);
   const identity = {
@@ -47,7 +47,7 @@ export function debianImageId(env: EnvironmentModel, kernel: KernelInfo = hostKe
     base: env.base,
     // Sorted and de-duplicated again: a model built by hand must not get another id for the same set.
     debian: { release: d.release, packages: [...new Set(d.packages)].sort(), mirror: d.mirror },
-    job: { command: env.job.command, env: env.job.env, afterJob: env.job.afterJob },
+    job: imageJob(env),
     kernel: fileDigest(kernel.path),
     busybox: fileDigest(BUSYBOX),
     ...(env.warm ? { warm: true } : {}),

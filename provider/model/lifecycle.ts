@@ -35,8 +35,13 @@ export type VmInputKey =
   | "markers"
   | "afterJob"
   | "jobTimeoutSeconds"
-  | "state";
+  | "state"
+  | "job";
 
+/**
+ * One row per field path ("<Kind>.<path>"), or per block: a path ending in
+ * ".*" covers every field under it that has no row of its own (lifecycleRule).
+ */
 export const LIFECYCLE: Record<string, FieldRule> = {
   "Environment.apiVersion": { policy: "in-place", why: "only one version exists" },
   "Environment.kind": { policy: "replace", why: "a different kind is a different object" },
@@ -48,8 +53,12 @@ export const LIFECYCLE: Record<string, FieldRule> = {
   "Environment.spec.debian.mirror": { policy: "replace", vmInput: "imageId", why: "packages from another archive, a new image" },
   "Environment.spec.kernelArgs": { policy: "restart", vmInput: "kernelArgs", why: "read by the kernel at boot" },
   "Environment.spec.warm": { policy: "replace", vmInput: "imageId", why: "a warm image's init waits for its identity; the image changes" },
-  "Environment.spec.job.command": { policy: "replace", vmInput: "imageId", why: "the job is baked into the image's init" },
-  "Environment.spec.job.env": { policy: "replace", vmInput: "imageId", why: "baked into the image's init" },
+  "Environment.spec.job.command": {
+    policy: "replace",
+    vmInput: "imageId",
+    why: "the job is baked into the image's init; a warm image has none, its VMs are handed it (input `job`) and are replaced as well",
+  },
+  "Environment.spec.job.env": { policy: "replace", vmInput: "imageId", why: "baked into the image's init; handed over with the job in a warm image" },
   "Environment.spec.job.afterJob": { policy: "replace", vmInput: "imageId", why: "baked into the image's init" },
   "Environment.spec.job.timeoutSeconds": { policy: "in-place", vmInput: "jobTimeoutSeconds", why: "only how long the provider waits" },
   "VmProfile.apiVersion": { policy: "in-place", why: "only one version exists" },
@@ -72,36 +81,12 @@ export const LIFECYCLE: Record<string, FieldRule> = {
   "VirtualCluster.spec.allocation.hosts": { policy: "replace", vmInput: "host", why: "VMs whose host changes move to another agent" },
   "VirtualCluster.spec.recovery": { policy: "in-place", why: "the agents are told the new policy; nothing restarts" },
   "VirtualCluster.spec.allocation.port": { policy: "replace", vmInput: "agentUrl", why: "the agents serve elsewhere: new agents" },
-  "VirtualCluster.spec.allocation.slurm.partition": { policy: "replace", vmInput: "agentUrl", why: "a new slurm allocation (partition): new agents" },
-  "VirtualCluster.spec.allocation.slurm.timeLimit": { policy: "replace", vmInput: "agentUrl", why: "a new slurm allocation (timeLimit): new agents" },
-  "VirtualCluster.spec.allocation.slurm.account": { policy: "replace", vmInput: "agentUrl", why: "a new slurm allocation (account): new agents" },
-  "VirtualCluster.spec.allocation.ssh.user": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (user): new agents" },
-  "VirtualCluster.spec.allocation.ssh.port": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (port): new agents" },
-  "VirtualCluster.spec.allocation.ssh.identityFile": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (identityFile): new agents" },
-  "VirtualCluster.spec.allocation.ssh.knownHostsFile": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (knownHostsFile): new agents" },
-  "VirtualCluster.spec.allocation.ssh.stateDir": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation (stateDir): new agents" },
-  "VirtualCluster.spec.allocation.ssh.connectTimeoutSeconds": {
-    policy: "replace",
-    vmInput: "agentUrl",
-    why: "a new ssh allocation (connectTimeoutSeconds): new agents",
-  },
-  "VirtualCluster.spec.allocation.gridengine.queue": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation (queue): new agents" },
-  "VirtualCluster.spec.allocation.gridengine.walltime": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation (walltime): new agents" },
-  "VirtualCluster.spec.allocation.gridengine.account": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation (account): new agents" },
-  "VirtualCluster.spec.allocation.gridengine.spoolDir": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation (spoolDir): new agents" },
-  "VirtualCluster.spec.allocation.gridengine.parallelEnvironment": {
-    policy: "replace",
-    vmInput: "agentUrl",
-    why: "a new gridengine allocation (parallelEnvironment): new agents",
-  },
-  "VirtualCluster.spec.allocation.torque.queue": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation (queue): new agents" },
-  "VirtualCluster.spec.allocation.torque.walltime": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation (walltime): new agents" },
-  "VirtualCluster.spec.allocation.torque.account": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation (account): new agents" },
-  "VirtualCluster.spec.allocation.torque.spoolDir": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation (spoolDir): new agents" },
-  "VirtualCluster.spec.allocation.alps.queue": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation (queue): new agents" },
-  "VirtualCluster.spec.allocation.alps.walltime": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation (walltime): new agents" },
-  "VirtualCluster.spec.allocation.alps.account": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation (account): new agents" },
-  "VirtualCluster.spec.allocation.alps.spoolDir": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation (spoolDir): new agents" },
+  // Every setting of a manager's block asks for a new allocation of that manager.
+  "VirtualCluster.spec.allocation.slurm.*": { policy: "replace", vmInput: "agentUrl", why: "a new slurm allocation: new agents" },
+  "VirtualCluster.spec.allocation.ssh.*": { policy: "replace", vmInput: "agentUrl", why: "a new ssh allocation: new agents" },
+  "VirtualCluster.spec.allocation.gridengine.*": { policy: "replace", vmInput: "agentUrl", why: "a new gridengine allocation: new agents" },
+  "VirtualCluster.spec.allocation.torque.*": { policy: "replace", vmInput: "agentUrl", why: "a new torque allocation: new agents" },
+  "VirtualCluster.spec.allocation.alps.*": { policy: "replace", vmInput: "agentUrl", why: "a new alps allocation: new agents" },
   "VirtualCluster.spec.allocation.fanout": { policy: "replace", why: "part of the allocation block: new agents, started over a tree of the new fanout" },
   "VirtualCluster.spec.network": { policy: "replace", vmInput: "imageId", why: "the image gains the NIC driver and network set-up, and the VM a NIC" },
   "VirtualCluster.spec.overrides.vm": { policy: "restart", vmInput: "config", why: "per changed field, as below" },
@@ -119,6 +104,16 @@ export const LIFECYCLE: Record<string, FieldRule> = {
   },
   "VirtualCluster.spec.vmState": { policy: "in-place", vmInput: "state", why: "as overrides.state, for every VM without its own" },
 };
+
+/** The rule of a field: its own row, else the row of the longest block ("<prefix>.*") it lies in. */
+export function lifecycleRule(field: string): FieldRule | undefined {
+  if (Object.hasOwn(LIFECYCLE, field)) return LIFECYCLE[field];
+  for (let dot = field.lastIndexOf("."); dot > 0; dot = field.lastIndexOf(".", dot - 1)) {
+    const block = `${field.slice(0, dot)}.*`;
+    if (Object.hasOwn(LIFECYCLE, block)) return LIFECYCLE[block];
+  }
+  return undefined;
+}
 
 /** Policy per VirtualMachine input; the diff of a VM is the strongest policy of its changed inputs. */
 export const VM_INPUT_POLICY: Record<VmInputKey, Policy> = {
@@ -147,6 +142,8 @@ export const VM_INPUT_POLICY: Record<VmInputKey, Policy> = {
   jobTimeoutSeconds: "in-place",
   // Pause and resume act on the running process: same pid, same guest memory.
   state: "in-place",
+  // A warm image's job (its argv and environment), handed over after the restore: another job is another run.
+  job: "replace",
 };
 
 const RANK: Record<Policy, number> = { "in-place": 0, restart: 1, migrate: 2, replace: 3 };

@@ -12,6 +12,7 @@ import {
   LOOPBACK_HOST_ADDRESS,
   nicsFor,
 } from "../drivers/network";
+import { managerFacts } from "../allocation/managers";
 import { DefinitionError, DefinitionProblem } from "../model/errors";
 import { API_VERSION, Definitions, Located, loadDefinitions, loadObject } from "../model/load";
 import type { SitePolicy } from "../model/types.generated";
@@ -174,6 +175,8 @@ export function vmInputs<T, C>(model: ClusterModel, p: VmPlan, agent: { agentUrl
     afterJob: model.environment.job.afterJob,
     jobTimeoutSeconds: model.environment.job.timeoutSeconds,
     state: p.vm.state ?? "running",
+    // A warm image has no job of its own: one snapshot of it serves any job, handed over after the restore.
+    job: model.environment.warm ? { command: model.environment.job.command, env: model.environment.job.env } : null,
   } satisfies Record<VmInputKey, unknown>;
 }
 
@@ -182,9 +185,6 @@ export function vmInputs<T, C>(model: ClusterModel, p: VmPlan, agent: { agentUrl
  * manager or host count replaces the VirtualCluster (new agents, new token),
  * so the stand-ins change exactly when the real values would.
  */
-/** Managers whose allocation is a scheduler job with a handle of its own (VirtualCluster output allocationRef). */
-const SCHEDULER_MANAGERS: string[] = ["slurm", "gridengine", "torque", "alps"];
-
 export function offlineAgentInputs(model: ClusterModel, p: VmPlan): { agentUrl: string; token: string; agentCa: string | null; allocationRef: string | null } {
   const cluster = `${model.name} (${model.allocation.manager}, ${model.allocation.hosts} hosts)`;
   const byAddress = model.allocation.hostList !== undefined;
@@ -192,6 +192,6 @@ export function offlineAgentInputs(model: ClusterModel, p: VmPlan): { agentUrl: 
     agentUrl: `agent of host ${p.vm.host} of cluster ${cluster}`,
     token: `token of cluster ${cluster}`,
     agentCa: byAddress ? `CA of cluster ${cluster}` : null,
-    allocationRef: SCHEDULER_MANAGERS.includes(model.allocation.manager) ? `allocation of cluster ${cluster}` : null,
+    allocationRef: managerFacts(model.allocation.manager)?.scheduler ? `allocation of cluster ${cluster}` : null,
   };
 }

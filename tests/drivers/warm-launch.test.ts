@@ -1,12 +1,14 @@
 // Warm launch through a real node agent and QEMU: the first VM of a warm
 // environment boots cold and leaves a snapshot at its ready point; later VMs
-// restore it, are handed their own name and MAC, print the same job result as
-// a cold boot, reach each other on the cluster network, and a changed
+// restore it, are handed their own name, MAC and job (argv and environment:
+// one snapshot serves any job of the environment), print the same job result
+// as a cold boot, reach each other on the cluster network, and a changed
 // environment never restores an old snapshot.
 import * as fs from "fs";
 import * as path from "path";
 import type { EnvironmentModel } from "../../provider/model/resolve";
 import { useTestCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
+import { processEnded } from "../support/stack";
 
 jest.setTimeout(10 * 60 * 1000);
 
@@ -40,11 +42,68 @@ test("a warm VM restored from a snapshot prints what a cold boot prints; a chang
   expect(warm).toEqual(expect.objectContaining({ output: "5 on sum-b\n", launch: "warm" }));
   console.log(`job output after the request: cold ${cold.seconds.toFixed(2)} s, warm ${warm.seconds.toFixed(2)} s`);
   expect(warm.seconds).toBeLessThan(cold.seconds);
-  // Another job is another image: its snapshot is not the old one.
+  // Another job is the same image: the snapshot serves it, and the job is the one handed over.
   const other = await launch("sum-c", env("echo $((2*3)) on $(hostname)"));
-  expect(other).toEqual(expect.objectContaining({ output: "6 on sum-c\n", launch: "cold" }));
+  expect(other).toEqual(expect.objectContaining({ output: "6 on sum-c\n", launch: "warm" }));
+  expect(snapshots()).toHaveLength(1);
+  // A changed environment (here what follows the job) is another image: it boots cold and leaves a snapshot of its own.
+  const changed = await launch("sum-d", { ...sum, job: { ...sum.job, afterJob: "power-off" } });
+  expect(changed).toEqual(expect.objectContaining({ output: "5 on sum-d\n", launch: "cold" }));
   expect(snapshots()).toHaveLength(2);
-  for (const n of ["sum-a", "sum-b", "sum-c"]) await c.client().deleteVm(n);
+  for (const n of ["sum-a", "sum-b", "sum-c", "sum-d"]) await c.client().deleteVm(n);
+});
+
+test("a restored guest runs the argv and environment it is handed, byte for byte", async () => {
+  // Spaces, quotes, a $ that must not expand, an empty argument, a trailing newline, UTF-8.
+  const args = ["two words", 'it\'s "quoted"', "$HOME", "", "line\n", "grüße"];
+  const e: EnvironmentModel = {
+    ...env("unused"),
+    job: {
+      command: ["/bin/sh", "-c", 'for a in "$@"; do printf "[%s]" "$a"; done; echo; echo "greeting=$GREETING"', "sh", ...args],
+      env: { GREETING: "hello  $USER `x`" },
+      afterJob: "stay-up",
+      timeoutSeconds: 120,
+    },
+  };
+  // Boots cold first if no snapshot of this image is there yet, then a second VM is restored: both get the same job.
+  const first = await launch("argv-a", e);
+  const second = await launch("argv-b", e);
+  const want = `${args.map((a) => `[${a}]`).join("")}\ngreeting=hello  $USER \`x\`\n`;
+  expect(first.output).toBe(want);
+  expect(second).toEqual(expect.objectContaining({ output: want, launch: "warm" }));
+  for (const n of ["argv-a", "argv-b"]) await c.client().deleteVm(n);
+});
+
+test("the agent refuses a warm VM without its job, and a job it cannot hand over", async () => {
+  const spec = vmSpec(c, "nojob", { env: env("true") });
+  // Without its job (undefined is not sent).
+  await expect(c.client().putVm("nojob", { ...spec, job: undefined })).rejects.toThrow(
+    /warm image: its job \(spec\.job\) is handed to the guest after the restore, and none was given/,
+  );
+  await expect(c.client().putVm("nojob", { ...spec, job: { command: [], env: {} } })).rejects.toThrow(/job\.command: expected 1 to 256 strings/);
+  await expect(c.client().putVm("nojob", { ...spec, job: { command: ["true"], env: { "BAD-NAME": "x" } } })).rejects.toThrow(/is not a variable name/);
+  await expect(c.client().putVm("nojob", { ...spec, job: { command: ["a\u0000b"], env: {} } })).rejects.toThrow(/NUL is not allowed/);
+  expect(await c.client().getVm("nojob")).toBeUndefined();
+});
+
+test("an agent killed before it handed a booting warm guest its job: the restarted agent hands it over, and the job runs once", async () => {
+  // No snapshot: the guest boots to its ready point, which takes seconds; the agent is killed as soon as QEMU runs.
+  fs.rmSync(path.join(c.cacheDir, "snapshots"), { recursive: true, force: true });
+  const e = env("echo handed $((4+4)) to $(hostname)");
+  const first = c.agents[0];
+  const v0 = await c.client().putVm("late", vmSpec(c, "late", { env: e }));
+  process.kill(first.pid, "SIGKILL");
+  while (!processEnded(first.pid)) await new Promise((r) => setTimeout(r, 20));
+  const qemu = v0.observed.pid!;
+  expect(fs.existsSync(`/proc/${qemu}`)).toBe(true);
+
+  await c.start(0);
+  const v = await waitForVm(c.client(), "late", (x) => x.job.state === "done");
+  expect(v.job.output).toBe("handed 8 to late\n");
+  expect(v.observed).toEqual(expect.objectContaining({ pid: qemu, starts: 1 }));
+  // The restarted agent also saved the snapshot the first one would have.
+  expect(snapshots()).toHaveLength(1);
+  await c.client().deleteVm("late");
 });
 
 test("VMs restored from one snapshot have their own names, MACs and addresses, and reach each other", async () => {

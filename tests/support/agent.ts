@@ -97,6 +97,8 @@ export function vmSpec(
     markers: markersFor(img.id),
     stopGraceSeconds: 0,
     afterJob: env.job.afterJob,
+    // As the program's vmInputs: a warm image's job is handed over, not baked in.
+    ...(env.warm ? { job: { command: env.job.command, env: env.job.env } } : {}),
   };
 }
 
