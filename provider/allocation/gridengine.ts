@@ -283,7 +283,7 @@ export async function allocateBatch(f: BatchFlavour, req: AllocationRequest, wai
     await releaseBatch(f, req, state).catch(() => undefined);
     throw err;
   }
-  return { agents, ca: null, info: { [`${f.manager}JobId`]: jobId!, jobId: jobId! } };
+  return { agents, ca: null, info: { [`${f.manager}JobId`]: jobId!, jobId: jobId! }, ref: `${f.manager}:${jobId!}` };
 }
 
 /** Stops every agent and its VMs (the tasks then end), deletes what remains of the job, waits until it is gone, removes the spool. */
@@ -321,6 +321,10 @@ export function batchAllocator(f: BatchFlavour): Allocator {
     },
     release: (req, state) => releaseBatch(f, req, state),
     status: (_req, state) => batchStatus(f, state),
+    // With the job gone, so are its tasks' agents: a VM whose agent is gone learns why from the ref.
+    async ended(id) {
+      return (await run(f.commands.query(id), true)).exitCode === 0 ? undefined : `job ${id} is no longer known to ${f.manager}`;
+    },
   };
 }
 

@@ -53,6 +53,13 @@ export interface StagingBenchResult {
   chain: StagingRun & { fanout: number };
   central: StagingRun;
   target: number;
+  /**
+   * Seed 003's question (central image storage becomes the bottleneck as jobs
+   * start at once): the image to the hosts of 1, 2, 4, 8 and 16 jobs, one host
+   * each, pipelined in the shape a VirtualCluster picks against the controller
+   * sending to every host.
+   */
+  byJobs?: { hosts: number; fanout: number; pipelined: number; central: number }[];
   /** When each host of the chain was seen complete (s from the start, polled every 100 ms), in chain order. */
   chainCompleteAfter?: number[];
   /** The shape a VirtualCluster stages this image to these hosts with (stagingFanout). */
@@ -144,6 +151,14 @@ export async function stagingBench(tmp: string, log: (m: string) => void = conso
     const tree = await stage(`tree k=2 (${HOSTS} hosts)`, targets, "tree", 2);
     const chain = await stage(`chain k=1 (${HOSTS} hosts)`, targets, "tree", 1);
     const central = await stage(`central (${HOSTS} hosts)`, targets, "central", 1);
+    const byJobs: NonNullable<StagingBenchResult["byJobs"]> = [];
+    for (const n of [1, 2, 4, 8]) {
+      const fanout = stagingFanout(n, Math.ceil(bytes / CHUNK_BYTES));
+      const p = await stage(`pipelined k=${fanout} (${n} hosts)`, targets.slice(0, n), "tree", fanout);
+      const c = n === 1 ? p : await stage(`central (${n} hosts)`, targets.slice(0, n), "central", 1);
+      byJobs.push({ hosts: n, fanout, pipelined: p.seconds, central: c.seconds });
+    }
+    byJobs.push({ hosts: HOSTS, fanout: stagingFanout(HOSTS, Math.ceil(bytes / CHUNK_BYTES)), pipelined: chain.seconds, central: central.seconds });
     const run = (r: StageResult): StagingRun => ({
       seconds: r.seconds,
       ratio: r.seconds / one.seconds,
@@ -164,6 +179,7 @@ export async function stagingBench(tmp: string, log: (m: string) => void = conso
       target: STAGING_TARGET_RATIO,
       clusterFanout: stagingFanout(HOSTS, Math.ceil(bytes / CHUNK_BYTES)),
       chainCompleteAfter: chain.hosts.map((h) => h.completeAfter ?? NaN),
+      byJobs,
     };
   } finally {
     try {
@@ -195,5 +211,15 @@ export function stagingMarkdown(s: StagingBenchResult & { date: string }): strin
     "",
     `Chunks follow each other on one TLS stream per link (provider/agent/staging.ts), so a chunk is whole at a child one chunk's wire time after it was whole at its parent. A host's uplink is capped like its downlink, so an inner host of the k=2 tree feeds its two children at half the rate each (at best k copies' time); the chain keeps every link at full rate and pays a lag per level: here ${sec((s.chain.seconds - s.oneCopy.seconds) / (s.hosts - 1))} per host ((chain − one copy) / ${s.hosts - 1}), against ${sec((s.chunkBytes * 8) / (s.wireSeconds > 0 ? (s.image.bytes * 8) / s.wireSeconds : 1))} for one chunk on the wire.${s.chainCompleteAfter ? ` The chain's hosts were seen complete at ${s.chainCompleteAfter.map((x) => x.toFixed(2)).join(", ")} s (in chain order, polled every 100 ms).` : ""}${s.clusterFanout !== undefined ? ` A VirtualCluster picks the shape per image and cluster size (stagingFanout in provider/allocation/staging.ts: about k·(chunks + depth) chunk times for a k-ary tree): for this image and ${s.hosts} hosts, k=${s.clusterFanout}.` : ""}`,
     "",
+    ...(s.byJobs
+      ? [
+          `Seed 003's question, how image delivery grows as more jobs start at once, on the same capped links (one host per job; ${mib(s.image.bytes)} image; same run):`,
+          "",
+          "| jobs (hosts) | pipelined (shape) | central: the controller sends to every host | central / pipelined |",
+          "|---|---|---|---|",
+          ...s.byJobs.map((b) => `| ${b.hosts} | ${sec(b.pipelined)} (k=${b.fanout}) | ${sec(b.central)} | ${(b.central / b.pipelined).toFixed(2)}× |`),
+          "",
+        ]
+      : []),
   ];
 }

@@ -10,7 +10,7 @@ import * as os from "os";
 import * as path from "path";
 import { AgentClient } from "../../provider/agent/client";
 import { newClusterToken } from "../../provider/agent/protocol";
-import type { AllocationRequest } from "../../provider/allocation/allocator";
+import { allocationEnded, AllocationRequest } from "../../provider/allocation/allocator";
 import {
   BatchJob,
   checkBatchSettings,
@@ -24,23 +24,12 @@ import { clusterKey } from "../../provider/drivers/network";
 import type { AllocationModel } from "../../provider/model/resolve";
 import { vmSpec, waitForVm } from "../support/agent";
 import { ensureGridEngine, GE_QUEUE } from "../support/gridengine";
-import { regenerateAllowed } from "../support/regenerate";
+import { goldensIn } from "../support/golden";
 import { processesUnder, processEnded } from "../support/stack";
 
 jest.setTimeout(300 * 1000);
 
-const UPDATE = regenerateAllowed("UPDATE_GOLDEN");
-const GOLDEN = path.join(__dirname, "..", "golden", "allocation");
-
-/** Compares out with the golden file (or, with UPDATE_GOLDEN=1, rewrites it). */
-function golden(name: string, out: string): void {
-  const file = path.join(GOLDEN, name);
-  if (UPDATE) {
-    fs.mkdirSync(GOLDEN, { recursive: true });
-    fs.writeFileSync(file, out);
-  }
-  expect(out).toBe(fs.readFileSync(file, "utf8"));
-}
+const golden = goldensIn("allocation");
 
 // Fixed paths, so the goldens do not depend on where the project or the temp directory is.
 const JOB: BatchJob = {
@@ -111,6 +100,9 @@ describe("against the real Grid Engine daemons", () => {
     console.log(`Grid Engine job array of 2 agents answering in ${Date.now() - t0} ms`);
     const jobId = state.info.jobId;
     expect(state.info.gridengineJobId).toBe(jobId);
+    // Its VMs keep this handle, to learn with their agent gone that the job ended.
+    expect(state.ref).toBe(`gridengine:${jobId}`);
+    expect(await allocationEnded(state.ref!)).toBeUndefined();
     expect(await gridEngineAllocator.status!(req, state)).toEqual({ active: true });
     expect(state.agents.map((a) => a.stateDir)).toEqual([0, 1].map((h) => path.join(req.clusterDir, `host-${h}`)));
     for (const a of state.agents) {
@@ -137,6 +129,7 @@ describe("against the real Grid Engine daemons", () => {
     const qemuPid = v.observed.pid!;
 
     await gridEngineAllocator.release(req, state);
+    expect(await allocationEnded(state.ref!)).toBe(`job ${jobId} is no longer known to gridengine`);
     expect(await gridEngineAllocator.status!(req, state)).toEqual({ active: false, reason: `job ${jobId} is no longer known to gridengine` });
     for (const a of state.agents) expect(processEnded(a.pid)).toBe(true);
     expect(processEnded(qemuPid)).toBe(true);

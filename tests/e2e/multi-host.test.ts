@@ -9,9 +9,11 @@ import * as fs from "fs";
 import * as path from "path";
 import type { EngineEvent } from "@pulumi/pulumi/automation";
 import { PROJECT_ROOT } from "../../provider/cli/engine";
-import { netnsLeftovers, NetnsHosts, netnsPids, setUpNetnsHosts, tearDownNetnsHosts } from "../../provider/allocation/netns";
+import { NetnsHosts, netnsPids } from "../../provider/allocation/netns";
 import { processArgv } from "../../provider/drivers/qemu";
-import { createTestStack, processesUnder, TestStack, upAndCheckNoDiff } from "../support/stack";
+import { destroyLeavesNothing, useNetnsStack } from "../support/netns-stack";
+import { TestStack, upAndCheckNoDiff } from "../support/stack";
+import { ticks, waitForTicks } from "../support/ticks";
 
 jest.setTimeout(15 * 60 * 1000);
 
@@ -22,36 +24,12 @@ const EXAMPLE = fs.readFileSync(path.join(PROJECT_ROOT, "examples", "multi-host"
 const VMS = ["multi-host-0", "multi-host-1", "multi-host-2"];
 const IPS = ["10.77.0.1", "10.77.0.2", "10.77.0.3"];
 
+const fixture = useNetnsStack({ tag: TAG, subnet: SUBNET, count: 3, definitions: { "cluster.yaml": EXAMPLE } });
 let hosts: NetnsHosts;
 let t: TestStack | undefined;
-
-beforeAll(async () => {
-  await tearDownNetnsHosts(TAG);
-  hosts = await setUpNetnsHosts({ tag: TAG, count: 3, subnet: SUBNET });
-  t = await createTestStack({ "cluster.yaml": EXAMPLE });
+beforeAll(() => {
+  ({ hosts, t } = fixture());
 });
-
-afterAll(async () => {
-  try {
-    if (t) await t.cleanup();
-  } finally {
-    await tearDownNetnsHosts(TAG);
-  }
-});
-
-function ticks(file: string): number[] {
-  const text = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "";
-  return [...text.matchAll(/^tick (\d+)\r?$/gm)].map((m) => Number(m[1]));
-}
-
-async function waitForTicks(file: string, atLeast: number): Promise<number[]> {
-  for (let i = 0; i < 1200; i++) {
-    const tk = ticks(file);
-    if (tk.length >= atLeast) return tk;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`fewer than ${atLeast} ticks in ${file}`);
-}
 
 const netnsOf = (pid: number) => fs.readlinkSync(`/proc/${pid}/ns/net`);
 
@@ -104,10 +82,5 @@ test("moving a VM to another host live-migrates it between the namespace hosts i
 });
 
 test("destroy leaves no process in the namespace hosts and no state", async () => {
-  await t!.stack.destroy();
-  for (const h of hosts.hosts) expect([h.netns, await netnsPids(h.netns)]).toEqual([h.netns, []]);
-  expect(processesUnder(t!.dir)).toEqual([]);
-  expect(fs.existsSync(path.join(t!.stateRoot, "clusters")) ? fs.readdirSync(path.join(t!.stateRoot, "clusters")) : []).toEqual([]);
-  await tearDownNetnsHosts(TAG);
-  expect(await netnsLeftovers(TAG)).toEqual({ netns: [], links: [] });
+  await destroyLeavesNothing(t!, hosts, TAG);
 });
