@@ -64,18 +64,14 @@ export interface HandedJob {
 
 /**
  * What the node agent writes to a warm guest's control port (ttyS1): its name
- * and MAC ("-" without a NIC), then its job, one argument and one variable a
- * line, each base64 (any bytes but NUL arrive as they were), then "vse-run".
+ * and MAC ("-" without a NIC), then its job as one base64 line of shell text
+ * (`set --` with every argument quoted, `export` of every variable), which the
+ * guest decodes once and evaluates: the quoting makes each argument and value
+ * arrive as it was, whatever its bytes (but NUL), with one decode in the guest.
  */
 export function identityLine(name: string, mac: string | undefined, job: HandedJob): string {
-  const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64");
-  return [
-    `vse-identity ${name} ${mac ?? "-"}`,
-    ...job.command.map((a) => `vse-arg ${b64(a)}`),
-    ...Object.entries(job.env).map(([k, v]) => `vse-env ${b64(`${k}=${v}`)}`),
-    "vse-run",
-    "",
-  ].join("\n");
+  const script = [`set -- ${job.command.map(shQuote).join(" ")}`, ...Object.entries(job.env).map(([k, v]) => `export ${k}=${shQuote(v)}`)].join("\n");
+  return `vse-identity ${name} ${mac ?? "-"}\nvse-job ${Buffer.from(script, "utf8").toString("base64")}\n`;
 }
 
 /** The parts of a job that are in an image: a warm image takes its argv and environment from the agent, so one snapshot serves any job. */
@@ -102,16 +98,9 @@ function warmInit(markers: { ready: string }, bb: string): string[] {
     "  vse_n=$(( (0x$5 << 8 | 0x$6) + 1 ))",
     '  vse_ip="10.77.$((vse_n >> 8)).$((vse_n & 255))/16"',
     "fi",
-    "# then its job: one base64 argument or NAME=value a line (an x keeps trailing newlines through $( )), until vse-run.",
-    "set --",
+    "# then its job: one base64 line of shell text (quoted arguments, exports), evaluated once.",
     "while read -r vse_tag vse_b64 <&3; do",
-    '  case "$vse_tag" in',
-    // Handed again (the agent restarted mid-way): what came before is dropped.
-    "    vse-identity) set -- ;;",
-    `    vse-arg) vse_a=$(echo "$vse_b64" | ${bb} base64 -d; echo x); set -- "$@" "\${vse_a%x}" ;;`,
-    `    vse-env) vse_a=$(echo "$vse_b64" | ${bb} base64 -d; echo x); export "\${vse_a%x}" ;;`,
-    "    vse-run) break ;;",
-    "  esac",
+    `  [ "$vse_tag" = vse-job ] && { eval "$(echo "$vse_b64" | ${bb} base64 -d)"; break; }`,
     "done",
     "exec 3<&-",
   ];
