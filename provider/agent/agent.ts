@@ -678,6 +678,13 @@ export class Agent {
       if (!e) throw new AgentRefusal(404, `not found: no VM named ${name}`);
       if (e.spec.hypervisor !== "qemu" || !(await this.isRunning(e))) throw new AgentRefusal(409, `conflict: VM ${name} is not a running QEMU VM`);
       const ops = await this.driver("qemu");
+      if ((await this.runDetail(e)) === "postmigrate") {
+        // An earlier migration of it completed, but its target is gone (killed, or taken down as a failed
+        // target by its restarted agent: the caller found the VM nowhere else). The paused state here is
+        // the guest's only one: it runs on here, and this migration is a new one.
+        this.log(`VM ${name}: paused after an earlier migration whose target is gone; resuming it here before migrating`);
+        await ops.resume(name);
+      }
       const t0 = Date.now();
       e.stopping = true; // the source ends once it has handed over
       try {

@@ -6,7 +6,8 @@ import * as fs from "fs";
 import * as path from "path";
 import { AgentRecord } from "../../provider/allocation/local";
 import { jobEnv, rawRequest, testCluster, TestCluster, vmSpec, waitForVm } from "../support/agent";
-import { processesUnder, qemuProcessesFor } from "../support/stack";
+import { qmpCommand } from "../../provider/drivers/qmp";
+import { processEnded, processesUnder, qemuProcessesFor } from "../support/stack";
 
 jest.setTimeout(5 * 60 * 1000);
 
@@ -188,4 +189,35 @@ test("a migration target that was never sent its VM is not taken for the VM: the
   expect(done.job.output).toBe("job-42\n");
   expect(qemuProcessesFor(c.dir, "vm-waiting")).toEqual([done.observed.pid]);
   await c.client(a).deleteVm("vm-waiting");
+});
+
+test("a VM paused after a migration whose target is gone runs on and migrates again: its guest state is not lost", async () => {
+  const a = c.agents[0] ?? (await c.start(0));
+  const b = c.agents[1] ?? (await c.start(1));
+  const spec = vmSpec(c, "vm-twice");
+  await c.client(a).putVm("vm-twice", spec);
+  const first = await waitForVm(c.client(a), "vm-twice", (v) => v.job.state === "done");
+  // A migration completes behind the agent's back (as when the agent was killed mid-way), then its target dies.
+  const lost = await c.client(b).incoming("vm-twice", spec);
+  await qmpCommand(path.join(a.stateDir, "vms", "vm-twice", "qmp.sock"), "migrate", { uri: lost.observed.incoming });
+  for (let i = 0; ; i++) {
+    const m = (await qmpCommand(path.join(a.stateDir, "vms", "vm-twice", "qmp.sock"), "query-migrate")) as { status?: string };
+    if (m.status === "completed") break;
+    if (i > 600) throw new Error(`migration did not complete: ${JSON.stringify(m)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const target = qemuProcessesFor(c.dir, "vm-twice").filter((pid) => pid !== first.observed.pid);
+  expect(target).toHaveLength(1);
+  process.kill(target[0], "SIGKILL");
+  while (!processEnded(target[0])) await new Promise((r) => setTimeout(r, 20));
+
+  // The source is paused in postmigrate: a new migration resumes it first, then carries it over.
+  const again = await c.client(b).incoming("vm-twice", spec);
+  await c.client(a).migrate("vm-twice", again.observed.incoming!);
+  const moved = await waitForVm(c.client(b), "vm-twice", (v) => v.observed.state === "running");
+  expect(qemuProcessesFor(c.dir, "vm-twice")).toEqual([moved.observed.pid]);
+  expect(await c.client(a).getVm("vm-twice")).toBeUndefined();
+  // Its job ran once, on the first host: the guest was carried over, not booted again.
+  expect(fs.readFileSync(path.join(b.stateDir, "vms", "vm-twice", "console.log"), "utf8")).not.toContain("Linux version");
+  await c.client(b).deleteVm("vm-twice");
 });
