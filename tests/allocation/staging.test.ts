@@ -58,6 +58,20 @@ function sameImage(store: string, id: string): void {
   }
 }
 
+/** An image of random bytes under a fresh id (with its image.json), its manifest in 1 MiB chunks signed by the cluster CA, and a reader of its chunks. */
+async function randomImage(sub: string, vmlinuzBytes: number, initrdBytes: number) {
+  const id = crypto.randomBytes(32).toString("hex");
+  const src = path.join(dir, sub, id);
+  fs.mkdirSync(src, { recursive: true });
+  fs.writeFileSync(path.join(src, "vmlinuz"), crypto.randomBytes(vmlinuzBytes));
+  fs.writeFileSync(path.join(src, "initrd.img"), crypto.randomBytes(initrdBytes));
+  fs.writeFileSync(path.join(src, "image.json"), JSON.stringify({ id }));
+  const manifest = await buildManifest(src, id, 1024 * 1024);
+  const signed = signManifest(manifest, fs.readFileSync(ca.keyFile));
+  const chunk = (f: number, c: number) => fs.readFileSync(path.join(src, STAGED_FILES[f])).subarray(c * 1024 * 1024, (c + 1) * 1024 * 1024);
+  return { id, src, manifest, signed, chunk };
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -195,14 +209,7 @@ test("a link cut mid-transfer is resumed from what the receiver verified", async
 
 test("a hostile sender: a forged manifest and a corrupted chunk are refused, a partial image is never visible", async () => {
   // An image the controller never built: random bytes under a fresh id, with its image.json.
-  const id = crypto.randomBytes(32).toString("hex");
-  const src = path.join(dir, "hostile", id);
-  fs.mkdirSync(src, { recursive: true });
-  fs.writeFileSync(path.join(src, "vmlinuz"), crypto.randomBytes(3 * 1024 * 1024 + 17));
-  fs.writeFileSync(path.join(src, "initrd.img"), crypto.randomBytes(1024 * 1024));
-  fs.writeFileSync(path.join(src, "image.json"), JSON.stringify({ id }));
-  const manifest = await buildManifest(src, id, 1024 * 1024);
-  const signed = signManifest(manifest, fs.readFileSync(ca.keyFile));
+  const { id, src, manifest, signed, chunk } = await randomImage("hostile", 3 * 1024 * 1024 + 17, 1024 * 1024);
   const store = new ImageStore(storeOf(2));
   const sender = new StagingLink(targets[2].url, launch.token, ca.cert);
   try {
@@ -216,7 +223,6 @@ test("a hostile sender: a forged manifest and a corrupted chunk are refused, a p
 
     const st = await sender.start(id, signed, [], RUN);
     expect(st.state).toBe("receiving");
-    const chunk = (f: number, c: number) => fs.readFileSync(path.join(src, STAGED_FILES[f])).subarray(c * 1024 * 1024, (c + 1) * 1024 * 1024);
     const bad = Buffer.from(chunk(0, 0));
     bad[1000] ^= 0xff;
     const refused = await sender.sendChunk(id, 0, 0, bad).catch((e: unknown) => e);
@@ -257,15 +263,7 @@ test("a hostile sender: a forged manifest and a corrupted chunk are refused, a p
 });
 
 test("a hostile stream: no token, no session, a corrupted chunk, a frame for no chunk and a cut inside a chunk leave nothing of theirs", async () => {
-  const id = crypto.randomBytes(32).toString("hex");
-  const src = path.join(dir, "hostile-stream", id);
-  fs.mkdirSync(src, { recursive: true });
-  fs.writeFileSync(path.join(src, "vmlinuz"), crypto.randomBytes(2 * 1024 * 1024 + 5));
-  fs.writeFileSync(path.join(src, "initrd.img"), crypto.randomBytes(512 * 1024));
-  fs.writeFileSync(path.join(src, "image.json"), JSON.stringify({ id }));
-  const manifest = await buildManifest(src, id, 1024 * 1024);
-  const signed = signManifest(manifest, fs.readFileSync(ca.keyFile));
-  const chunk = (f: number, c: number) => fs.readFileSync(path.join(src, STAGED_FILES[f])).subarray(c * 1024 * 1024, (c + 1) * 1024 * 1024);
+  const { id, src, manifest, signed, chunk } = await randomImage("hostile-stream", 2 * 1024 * 1024 + 5, 512 * 1024);
   const sender = new StagingLink(targets[1].url, launch.token, ca.cert);
   const stranger = new StagingLink(targets[1].url, `vse1.${launch.token.split(".")[1]}.${"0".repeat(64)}`, ca.cert);
   try {
