@@ -38,6 +38,19 @@ function argvOf(pid: number): string[] {
   return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
 }
 
+/** Whether the process is the stand-in's sleep: what its shell becomes, and stays until it is stopped. */
+function isSleeping(pid: number, argv = argvOf(pid)): boolean {
+  return path.basename(argv[0] ?? "") === "sleep" && argv[1] === SLEEP_SECONDS;
+}
+
+function isSleepingNow(pid: number): boolean {
+  try {
+    return isSleeping(pid);
+  } catch {
+    return false;
+  }
+}
+
 class StandinOps implements DriverOps {
   constructor(
     private readonly stateDir: string,
@@ -66,8 +79,9 @@ class StandinOps implements DriverOps {
       if (fs.readlinkSync(`/proc/${pid}/cwd`) !== fs.realpathSync(dir)) return undefined;
       const argv = argvOf(pid);
       const isShell = argv[0] === ARGV0;
-      const isSleep = path.basename(argv[0] ?? "") === "sleep" && argv[1] === SLEEP_SECONDS;
-      return isShell || isSleep ? pid : undefined;
+      // While the shell execs sleep, /proc shows no command line for a moment (its cwd is still the VM's).
+      const inExec = argv.length === 0;
+      return isShell || isSleeping(pid, argv) || inExec ? pid : undefined;
     } catch {
       return undefined; // gone, or a zombie whose cwd can no longer be read
     }
@@ -112,6 +126,14 @@ class StandinOps implements DriverOps {
     child.once("error", () => undefined);
     fs.writeFileSync(path.join(dir, PIDFILE), `${pid}\n`);
     child.unref();
+    // Started once the shell has printed the job and become sleep (QEMU's start likewise returns once QEMU
+    // answers): a status taken while it still execs must not find a VM in between.
+    const deadline = Date.now() + 5000;
+    while (!(this.pid(name) === pid && isSleepingNow(pid))) {
+      if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline)
+        throw new Error(`${STANDIN_NAME}: VM ${name}: its stand-in process did not start (pid ${pid})`);
+      await sleepMs(2);
+    }
     return { pid, exited };
   }
 

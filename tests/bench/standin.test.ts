@@ -82,6 +82,21 @@ test("the stand-in runs a process per VM that reports the job, and stops it", as
   expect((await ops.status("c-0")).state).toBe("absent");
 });
 
+test("a started stand-in is running from the moment start returns (its shell's exec of sleep is no gap)", async () => {
+  // Found at 1,000 VMs: a status taken while the shell exec'd sleep saw no process, and the agent
+  // tried to resume the "stopped" VM. Many starts, each looked at at once and again and again.
+  const ops = await standinDriver.open({ stateDir: path.join(dir, "vms"), resolveImage: (id, f) => store.resolve(id, f) });
+  const seen: string[] = [];
+  for (let i = 0; i < 30; i++) {
+    const name = `c-${i}`;
+    await ops.create({ name, config: vmConfig(name) });
+    await ops.start(name);
+    for (let k = 0; k < 20; k++) seen.push((await ops.status(name)).state);
+  }
+  expect(seen.filter((s) => s !== "running")).toEqual([]);
+  for (let i = 0; i < 30; i++) await ops.destroy(`c-${i}`);
+});
+
 test("the stand-in runs only what the QEMU allowlist admits", async () => {
   const ops = await standinDriver.open({ stateDir: path.join(dir, "vms") });
   await expect(ops.create({ name: "c-0", config: vmConfig("c-0") + "-device pci-testdev\n" })).rejects.toThrow(ConfigRefused);
