@@ -5,7 +5,7 @@ import type { DriverOps, ExitStatus, RunningVm } from "../drivers/driver";
 import type { SitePolicy } from "../model/types.generated";
 import type { RuleViolation } from "../model/policy";
 import { LOOPBACK_HOST_ADDRESS } from "../drivers/network";
-import { ImageNotFound, ImageStore } from "./image-store";
+import { ImageNotFound, ImageStore, snapshotRootOf } from "./image-store";
 import { AgentRefusal, JobResult, VmObserved, VmSpec, VmView } from "./protocol";
 import { readJson, writeFileAtomic } from "./state";
 import { Accounting } from "./accounting";
@@ -97,7 +97,7 @@ async function defaultOpenDriver(hypervisor: string, stateDir: string, o: AgentO
     return qemuDriver.open({
       stateDir,
       resolveImage,
-      snapshotDir: path.join(path.dirname(o.images.root), "snapshots"),
+      snapshotDir: snapshotRootOf(o.images.root),
       hostAddress: o.hostAddress,
       migrationTlsDir: o.tls ? migrationTlsDir(o.stateDir, o.tls) : undefined,
     });

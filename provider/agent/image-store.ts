@@ -16,6 +16,11 @@ export interface ImageMeta {
 
 export class ImageNotFound extends Error {}
 
+/** Where a host's warm-launch snapshots live: beside its images, in the same store (drivers/qemu-warm.ts names them by key). */
+export function snapshotRootOf(imagesRoot: string): string {
+  return path.join(path.dirname(imagesRoot), "snapshots");
+}
+
 /**
  * The host's content-addressed image store, as the node agent sees it: VMs
  * boot only files from here, named by content id, never a path a request gives.

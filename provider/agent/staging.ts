@@ -1,6 +1,12 @@
 // Image staging between hosts (issue 9): an image's files (vmlinuz,
 // initrd.img, image.json) travel in fixed-size chunks into a host's
-// content-addressed image store, and down a tree of agents.
+// content-addressed image store, and down a tree of agents. A warm-launch
+// snapshot (vmstate, snapshot.json; issue 11) travels the same way into the
+// snapshots beside the store, named by its key: the manifest says which kind
+// it is, under the same signature. Restoring it feeds QEMU a device-state
+// stream the cluster's owner made; the owner, who holds the CA's key, can
+// already send such a stream to any incoming migration of the cluster, so the
+// agent's exposure does not grow.
 //
 // - What may arrive is fixed by a manifest (per file: size, sha256 of every
 //   chunk and of the whole file) that the controller signs with the cluster
@@ -39,12 +45,29 @@ import type * as net from "net";
 import * as path from "path";
 import type { Duplex } from "stream";
 import { connectPinned, parseAgentUrl } from "./client";
-import { IMAGE_ID_PATTERN, ImageStore } from "./image-store";
+import { IMAGE_ID_PATTERN, ImageStore, snapshotRootOf } from "./image-store";
 import { AgentRefusal } from "./protocol";
 
 /** The files of an image that are staged, in this order; image.json last, as when an image is built. */
 export const STAGED_FILES = ["vmlinuz", "initrd.img", "image.json"] as const;
-export type StagedFile = (typeof STAGED_FILES)[number];
+/** The files of a warm-launch snapshot (drivers/qemu-warm.ts), in this order; snapshot.json last: its presence marks a snapshot complete. */
+export const SNAPSHOT_STAGED_FILES = ["vmstate", "snapshot.json"] as const;
+export type StagedFile = (typeof STAGED_FILES)[number] | (typeof SNAPSHOT_STAGED_FILES)[number];
+/** What is staged: an image (into the store, by id) or a warm-launch snapshot (beside it, by key). */
+export type StagedKind = "image" | "snapshot";
+
+export function stagedFiles(kind: StagedKind): readonly StagedFile[] {
+  return kind === "snapshot" ? SNAPSHOT_STAGED_FILES : STAGED_FILES;
+}
+
+/** The file written last, which names what it belongs to: image.json's id, snapshot.json's key. */
+function metaFile(kind: StagedKind): { file: StagedFile; field: "id" | "key" } {
+  return kind === "snapshot" ? { file: "snapshot.json", field: "key" } : { file: "image.json", field: "id" };
+}
+
+export function kindOf(m: StagingManifest): StagedKind {
+  return m.kind ?? "image";
+}
 
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
 /** Prefix of every signed manifest: a manifest signature can never pass for another use of the CA's key (DER starts with 0x30). */
@@ -87,9 +110,12 @@ export interface ManifestFile {
 
 export interface StagingManifest {
   v: 1;
+  /** The image's id, or the snapshot's key (both 64 hex digits): the id in the staging URLs. */
   image: string;
   chunkSize: number;
   files: ManifestFile[];
+  /** Absent for an image (as manifests were before snapshots were staged). */
+  kind?: "snapshot";
 }
 
 /** The manifest as sent: its exact JSON text and the CA's signature over MANIFEST_DOMAIN + text (base64). */
@@ -120,12 +146,12 @@ function chunkLength(f: ManifestFile, chunkSize: number, i: number): number {
   return Math.min(chunkSize, f.size - i * chunkSize);
 }
 
-/** Hashes an image's files in dir (a store's <id> directory) into its manifest. */
-export async function buildManifest(dir: string, image: string, chunkSize = DEFAULT_CHUNK_BYTES): Promise<StagingManifest> {
-  if (!IMAGE_ID_PATTERN.test(image)) throw new Error(`image id ${JSON.stringify(image)}: expected 64 lower-case hex digits`);
+/** Hashes an image's files in dir (a store's <id> directory), or a snapshot's (<snapshots>/<key>), into its manifest. */
+export async function buildManifest(dir: string, image: string, chunkSize = DEFAULT_CHUNK_BYTES, kind: StagedKind = "image"): Promise<StagingManifest> {
+  if (!IMAGE_ID_PATTERN.test(image)) throw new Error(`${kind} id ${JSON.stringify(image)}: expected 64 lower-case hex digits`);
   checkChunkSize(chunkSize);
   const files: ManifestFile[] = [];
-  for (const name of STAGED_FILES) {
+  for (const name of stagedFiles(kind)) {
     const file = path.join(dir, name);
     const fh = await fs.promises.open(file, "r");
     try {
@@ -146,7 +172,7 @@ export async function buildManifest(dir: string, image: string, chunkSize = DEFA
       await fh.close();
     }
   }
-  return { v: 1, image, chunkSize, files };
+  return { v: 1, image, chunkSize, files, ...(kind === "snapshot" ? { kind } : {}) };
 }
 
 function checkChunkSize(chunkSize: number): void {
@@ -166,8 +192,10 @@ export function signManifest(m: StagingManifest, caKeyPem: string | Buffer): Sig
 function checkManifestShape(m: unknown, image: string): string | undefined {
   if (typeof m !== "object" || m === null || Array.isArray(m)) return "expected an object";
   const o = m as Record<string, unknown>;
-  if (Object.keys(o).some((k) => !["v", "image", "chunkSize", "files"].includes(k))) return "expected only v, image, chunkSize, files";
+  if (Object.keys(o).some((k) => !["v", "image", "chunkSize", "files", "kind"].includes(k))) return "expected only v, image, chunkSize, files, kind";
   if (o.v !== 1) return "v: expected 1";
+  if (o.kind !== undefined && o.kind !== "snapshot") return `kind: expected "snapshot" or none (an image), found ${JSON.stringify(o.kind)}`;
+  const expected = stagedFiles(o.kind === "snapshot" ? "snapshot" : "image");
   if (o.image !== image) return `image: expected ${image} (the image of the URL)`;
   try {
     checkChunkSize(o.chunkSize as number);
@@ -175,13 +203,13 @@ function checkManifestShape(m: unknown, image: string): string | undefined {
     return (err as Error).message;
   }
   const chunkSize = o.chunkSize as number;
-  if (!Array.isArray(o.files) || o.files.length !== STAGED_FILES.length) return `files: expected ${STAGED_FILES.join(", ")}`;
-  for (let i = 0; i < STAGED_FILES.length; i++) {
+  if (!Array.isArray(o.files) || o.files.length !== expected.length) return `files: expected ${expected.join(", ")}`;
+  for (let i = 0; i < expected.length; i++) {
     const f = o.files[i] as Record<string, unknown> | null;
     const where = `files[${i}]`;
     if (typeof f !== "object" || f === null || Object.keys(f).some((k) => !["name", "size", "sha256", "chunks"].includes(k)))
       return `${where}: expected { name, size, sha256, chunks }`;
-    if (f.name !== STAGED_FILES[i]) return `${where}.name: expected ${STAGED_FILES[i]}`;
+    if (f.name !== expected[i]) return `${where}.name: expected ${expected[i]}`;
     if (typeof f.size !== "number" || !Number.isInteger(f.size) || f.size < 0 || f.size > STAGING_LIMITS.maxFileBytes)
       return `${where}.size: expected 0 to ${STAGING_LIMITS.maxFileBytes} bytes`;
     if (typeof f.sha256 !== "string" || !HEX64.test(f.sha256)) return `${where}.sha256: expected 64 hex digits`;
@@ -382,7 +410,7 @@ export class StagingLink {
   /** Sends one chunk's bytes as they are (a hostile sender in the tests sends other bytes); throws StagingRefused on a refusal. */
   async sendChunk(image: string, f: number, c: number, data: Buffer): Promise<void> {
     const r = await this.request("PUT", `/v1/staging/${image}/${f}/${c}`, data);
-    if (r.status >= 400) throw answerError(r.status, `${this.url}: chunk ${c} of ${STAGED_FILES[f]}`, r.json);
+    if (r.status >= 400) throw answerError(r.status, `${this.url}: chunk ${c} of file ${f}`, r.json);
   }
 
   /** Opens a chunk stream to the receiver (a session for the image must have been started there). */
@@ -722,7 +750,7 @@ export class FileSource implements ChunkSource {
   }
 }
 
-/** One image being received (and forwarded) by this agent. */
+/** One image (or snapshot) being received (and forwarded) by this agent. */
 class Session implements ChunkSource {
   run = "";
   state: StagingStatus["state"] = "receiving";
@@ -745,7 +773,8 @@ class Session implements ChunkSource {
     readonly manifest: StagingManifest,
     readonly signed: SignedManifest,
     readonly dir: string,
-    private readonly storeRoot: string,
+    /** Where it is published when complete: the image store, or the snapshots beside it. */
+    private readonly publishRoot: string,
   ) {
     this.have = manifest.files.map((f) => new Uint8Array(f.chunks.length));
     this.whole = manifest.files.map(() => ({ hash: crypto.createHash("sha256"), next: 0, queue: Promise.resolve() }));
@@ -851,7 +880,7 @@ class Session implements ChunkSource {
     return w.queue;
   }
 
-  /** Every chunk is verified: check each whole file's hash, that image.json names the image, and move it into the store in one rename. */
+  /** Every chunk is verified: check each whole file's hash, that image.json (snapshot.json) names it, and move it into the store in one rename. */
   finish(): Promise<void> {
     this.finishing ??= (async () => {
       try {
@@ -862,11 +891,14 @@ class Session implements ChunkSource {
             throw new Error(`${f.name}: the whole file's sha256 differs from the manifest`);
           await this.fds[fi].sync();
         }
-        const meta = JSON.parse(fs.readFileSync(path.join(this.partDir, "image.json"), "utf8")) as { id?: unknown };
-        if (meta.id !== this.manifest.image) throw new Error(`image.json names image ${String(meta.id)}, not ${this.manifest.image}`);
-        const root = this.storeRoot;
+        const kind = kindOf(this.manifest);
+        const { file, field } = metaFile(kind);
+        const meta = JSON.parse(fs.readFileSync(path.join(this.partDir, file), "utf8")) as Record<string, unknown>;
+        if (meta[field] !== this.manifest.image) throw new Error(`${file} names ${kind} ${String(meta[field])}, not ${this.manifest.image}`);
+        const root = this.publishRoot;
+        fs.mkdirSync(root, { recursive: true, mode: 0o755 });
         const final = path.join(root, this.manifest.image);
-        if (fs.existsSync(path.join(final, "image.json"))) {
+        if (fs.existsSync(path.join(final, file))) {
           // Published meanwhile by someone else (a build on this host): the store's copy stands.
           fs.rmSync(this.partDir, { recursive: true, force: true });
         } else {
@@ -952,7 +984,13 @@ export class StagingService {
     throw new AgentRefusal(405, `${req.method} is not allowed on ${pathname}`);
   }
 
-  private inStore(image: string): boolean {
+  /** Where a kind is published: images into the store, snapshots beside it (where the QEMU driver restores them from). */
+  private publishRoot(kind: StagedKind): string {
+    return kind === "snapshot" ? snapshotRootOf(this.o.store.root) : this.o.store.root;
+  }
+
+  private inStore(image: string, kind: StagedKind): boolean {
+    if (kind === "snapshot") return fs.existsSync(path.join(this.publishRoot(kind), image, metaFile(kind).file));
     try {
       this.o.store.meta(image);
       return true;
@@ -964,7 +1002,8 @@ export class StagingService {
   status(image: string): StagingStatus {
     const s = this.sessions.get(image);
     if (s) return s.view();
-    const complete = this.inStore(image);
+    // An id is an image's or a snapshot's (both sha256, of different things): either one here is complete.
+    const complete = this.inStore(image, "image") || this.inStore(image, "snapshot");
     return {
       image,
       state: complete ? "complete" : "absent",
@@ -1018,15 +1057,16 @@ export class StagingService {
 
   private async open(image: string, manifest: StagingManifest, signed: SignedManifest): Promise<Session> {
     const dir = path.join(this.stagingRoot, image);
-    const s = new Session(manifest, signed, dir, this.o.store.root);
-    if (this.inStore(image)) {
+    const kind = kindOf(manifest);
+    const s = new Session(manifest, signed, dir, this.publishRoot(kind));
+    if (this.inStore(image, kind)) {
       s.skipped = true;
       s.state = "complete";
       try {
-        s.useStoreFiles(await FileSource.open(path.join(this.o.store.root, image), manifest, signed, true));
+        s.useStoreFiles(await FileSource.open(path.join(this.publishRoot(kind), image), manifest, signed, true));
       } catch (err) {
         // The id is the same but the bytes are not what the controller sends: say so, forward nothing from it.
-        s.fail(`the image ${image} in this host's store differs from the manifest (${(err as Error).message}); not forwarded from here`);
+        s.fail(`the ${kind} ${image} in this host's store differs from the manifest (${(err as Error).message}); not forwarded from here`);
       }
       return s;
     }

@@ -14,17 +14,23 @@ export interface ManagerFacts {
   hosts: "count" | "declared";
   /** The allocation is a scheduler job with a handle of its own (VirtualCluster output allocationRef). */
   scheduler: boolean;
+  /**
+   * Its agents serve HTTPS on hosts of their own: bootstrapped as a tree, each with its own image
+   * store (images are staged to it), watching each other for failures (recovery). The others share
+   * this machine's store and a unix socket, or their transport (ssh) carries no heartbeats.
+   */
+  ownHosts: boolean;
 }
 
 /** In the schema enum's order: messages that list managers list them in this order. */
 export const MANAGERS: Readonly<Record<ManagerName, ManagerFacts>> = {
-  local: { hosts: "count", scheduler: false },
-  static: { hosts: "declared", scheduler: false },
-  slurm: { hosts: "count", scheduler: true },
-  ssh: { hosts: "declared", scheduler: false },
-  gridengine: { hosts: "count", scheduler: true },
-  torque: { hosts: "count", scheduler: true },
-  alps: { hosts: "count", scheduler: true },
+  local: { hosts: "count", scheduler: false, ownHosts: false },
+  static: { hosts: "declared", scheduler: false, ownHosts: true },
+  slurm: { hosts: "count", scheduler: true, ownHosts: false },
+  ssh: { hosts: "declared", scheduler: false, ownHosts: false },
+  gridengine: { hosts: "count", scheduler: true, ownHosts: false },
+  torque: { hosts: "count", scheduler: true, ownHosts: false },
+  alps: { hosts: "count", scheduler: true, ownHosts: false },
 };
 
 /** The facts of manager, or undefined for a name that is none (not a key inherited from Object). */

@@ -20,12 +20,13 @@ import {
   Forwarder,
   ForwardStatus,
   signManifest,
-  STAGED_FILES,
+  StagedKind,
+  stagedFiles,
   StagingLink,
   StagingStatus,
   StagingTarget,
 } from "../agent/staging";
-import { IMAGE_ID_PATTERN } from "../agent/image-store";
+import { IMAGE_ID_PATTERN, snapshotRootOf } from "../agent/image-store";
 
 /** One host to stage to: its index and its agent's https URL. */
 export interface StageHost {
@@ -40,6 +41,8 @@ export interface StageOptions {
   ca: { cert: string; keyFile: string };
   /** The controller's image store: the image is <imageStore>/<id>/{vmlinuz,initrd.img,image.json}. */
   imageStore: string;
+  /** What is staged (default an image): a warm-launch snapshot is <imageStore>/../snapshots/<key>/{vmstate,snapshot.json} (where `vse warm` makes it). */
+  kind?: StagedKind;
   /** k of the tree (default 2); 1 is a pipelined chain. */
   fanout?: number;
   chunkSize?: number;
@@ -117,8 +120,13 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Where the controller keeps an image (by id) or a warm-launch snapshot (by key). */
+export function sourceDir(imageStore: string, id: string, kind: StagedKind): string {
+  return path.join(kind === "snapshot" ? snapshotRootOf(imageStore) : imageStore, id);
+}
+
 /**
- * Stages image imageId from the controller's store to every host's store;
+ * Stages image imageId (or, with kind "snapshot", the snapshot of that key) from the controller's store to every host's store;
  * resolves once every host has it (verified, renamed into its store), and
  * throws, naming the hosts without it, when that does not happen in time.
  */
@@ -133,9 +141,11 @@ export async function stageImage(imageId: string, hosts: StageHost[], o: StageOp
   const fanout = o.fanout ?? 2;
   const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_BYTES;
   const log = o.log ?? (() => undefined);
-  const dir = path.join(o.imageStore, imageId);
-  if (!fs.existsSync(path.join(dir, "image.json"))) throw new Error(`image ${imageId} is not in the controller's image store ${o.imageStore}`);
-  const manifest = await buildManifest(dir, imageId, chunkSize);
+  const kind = o.kind ?? "image";
+  const dir = sourceDir(o.imageStore, imageId, kind);
+  const files = stagedFiles(kind);
+  if (!fs.existsSync(path.join(dir, files[files.length - 1]))) throw new Error(`${kind} ${imageId} is not in the controller's store (${path.dirname(dir)})`);
+  const manifest = await buildManifest(dir, imageId, chunkSize, kind);
   const signed = signManifest(manifest, fs.readFileSync(o.ca.keyFile));
   const bytesTotal = manifest.files.reduce((n, f) => n + f.size, 0);
   const run = crypto.randomBytes(8).toString("hex");
@@ -251,13 +261,15 @@ export async function stageClusterImage(
   req: import("./allocator").AllocationRequest,
   state: import("./allocator").ClusterAgents,
   imageId: string,
-  opts: { mode?: StageOptions["mode"]; log?: (m: string) => void } = {},
+  opts: { mode?: StageOptions["mode"]; log?: (m: string) => void; kind?: StagedKind } = {},
 ): Promise<StageResult> {
   if (!state.ca) throw new Error(`cluster ${req.clusterName}: its agents serve no TLS (no cluster CA): they share this machine's image store`);
   const { clusterCa } = require("./static") as typeof import("./static");
   const ca = await clusterCa(req.clusterDir, req.clusterKey);
-  const size = (f: string) => fs.statSync(path.join(req.launch.imageStore, imageId, f), { throwIfNoEntry: false })?.size ?? 0;
-  const bytes = STAGED_FILES.reduce((n, f) => n + size(f), 0);
+  const kind = opts.kind ?? "image";
+  const dir = sourceDir(req.launch.imageStore, imageId, kind);
+  const size = (f: string) => fs.statSync(path.join(dir, f), { throwIfNoEntry: false })?.size ?? 0;
+  const bytes = stagedFiles(kind).reduce((n, f) => n + size(f), 0);
   const fanout = stagingFanout(state.agents.length, Math.ceil(bytes / DEFAULT_CHUNK_BYTES));
   return stageImage(
     imageId,
@@ -267,6 +279,7 @@ export async function stageClusterImage(
       token: req.launch.token,
       ca: { cert: ca.cert, keyFile: ca.keyFile },
       imageStore: req.launch.imageStore,
+      kind,
       fanout,
       log: opts.log,
     },

@@ -25,6 +25,40 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/**
+ * Boots one throw-away VM of a warm image's config through the QEMU driver (images from cacheDir) until
+ * the driver has saved its snapshot into <cacheDir>/snapshots; returns the snapshot's key.
+ */
+export async function makeSnapshot(
+  cacheDir: string,
+  name: string,
+  config: string,
+  job: { command: string[]; env: Record<string, string> },
+  timeoutMs = 300000,
+  what = `VM ${name}`,
+): Promise<string> {
+  const snapshotDir = path.join(cacheDir, "snapshots");
+  const { facts } = parseQemuConfig(config);
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "vse-warm-"));
+  const ops = await qemuDriver.open({ stateDir, resolveImage: imageResolver(cacheDir), snapshotDir });
+  try {
+    await ops.create({ name, config, job });
+    await ops.start(name);
+    const end = Date.now() + timeoutMs;
+    while (!restoreUri(snapshotDir, facts)) {
+      if (Date.now() > end) throw new Error(`${what}: no snapshot within ${timeoutMs / 1000} s (console: ${path.join(stateDir, name, "console.log")})`);
+      // Paused while it is being saved; only a VM that is gone has failed.
+      const st = (await ops.status(name).catch(() => ({ state: "running" }))).state;
+      if (st === "stopped" || st === "absent") throw new Error(`${what}: the VM ended before its snapshot was saved`);
+      await sleep(100);
+    }
+    return snapshotKey(facts);
+  } finally {
+    await ops.destroy(name);
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  }
+}
+
 export async function warmSnapshots(paths: string[], cacheDir: string, options: PlanOptions, timeoutMs = 300000): Promise<WarmResult[]> {
   const snapshotDir = path.join(cacheDir, "snapshots");
   const results: WarmResult[] = [];
@@ -39,28 +73,9 @@ export async function warmSnapshots(paths: string[], cacheDir: string, options: 
       continue;
     }
     await buildEnvironmentImage(plan.model.environment, cacheDir, undefined, plan.extras);
-    const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "vse-warm-"));
-    const ops = await qemuDriver.open({ stateDir, resolveImage: imageResolver(cacheDir), snapshotDir });
-    try {
-      const { command, env } = plan.model.environment.job;
-      await ops.create({ name: first.vm.name, config: first.config, job: { command, env } });
-      await ops.start(first.vm.name);
-      const end = Date.now() + timeoutMs;
-      while (!restoreUri(snapshotDir, facts)) {
-        if (Date.now() > end)
-          throw new Error(
-            `cluster ${plan.model.name}: no snapshot within ${timeoutMs / 1000} s (console: ${path.join(stateDir, first.vm.name, "console.log")})`,
-          );
-        // Paused while it is being saved; only a VM that is gone has failed.
-        const st = (await ops.status(first.vm.name).catch(() => ({ state: "running" }))).state;
-        if (st === "stopped" || st === "absent") throw new Error(`cluster ${plan.model.name}: the VM ended before its snapshot was saved`);
-        await sleep(100);
-      }
-      results.push({ cluster: plan.model.name, key, state: "made", seconds: (Date.now() - t0) / 1000 });
-    } finally {
-      await ops.destroy(first.vm.name);
-      fs.rmSync(stateDir, { recursive: true, force: true });
-    }
+    const { command, env } = plan.model.environment.job;
+    await makeSnapshot(cacheDir, first.vm.name, first.config, { command, env }, timeoutMs, `cluster ${plan.model.name}`);
+    results.push({ cluster: plan.model.name, key, state: "made", seconds: (Date.now() - t0) / 1000 });
   }
   return results;
 }

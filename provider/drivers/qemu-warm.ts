@@ -64,6 +64,17 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** The keys of the snapshots that VMs of these (QEMU) configs restore and that dir has, sorted, each once. */
+export function snapshotsIn(dir: string, configs: string[]): string[] {
+  const { parseQemuConfig } = require("./qemu") as typeof import("./qemu");
+  const keys = new Set<string>();
+  for (const config of configs) {
+    const { facts } = parseQemuConfig(config);
+    if (restoreUri(dir, facts)) keys.add(snapshotKey(facts));
+  }
+  return [...keys].sort();
+}
+
 /** Waits until the guest prints its ready marker on the console; false if the VM ended or time ran out first. */
 export async function waitForReady(paths: VmPaths, marker: string, alive: () => boolean, timeoutMs: number): Promise<boolean> {
   const end = Date.now() + timeoutMs;

@@ -65,6 +65,17 @@ async function main(): Promise<Record<string, unknown>> {
   }
 }
 
+/** A warm QEMU cluster's snapshots that the controller's store has (`vse warm` made them): staged to its hosts with the image. */
+function warmSnapshots(plan: ClusterPlan, cacheDir: string): { snapshotKeys?: string[] } {
+  if (!plan.model.environment.warm || plan.model.profile.hypervisor !== "qemu") return {};
+  const { snapshotsIn } = require("../drivers/qemu-warm") as typeof import("../drivers/qemu-warm");
+  const keys = snapshotsIn(
+    path.join(cacheDir, "snapshots"),
+    plan.vms.map((p) => p.config),
+  );
+  return keys.length ? { snapshotKeys: keys } : {};
+}
+
 /** Declares the resources of the planned clusters; returns the stack's outputs and the resources. */
 function declare(
   plans: ClusterPlan[],
@@ -105,7 +116,7 @@ function declare(
         imageStore: path.join(cacheDir, "images"),
         sitePolicyFile,
         // Agents on declared hosts keep their own image stores: the cluster stages its image to them (after the Environment built it).
-        ...(m.allocation.hostList ? { imageIds: [plan.imageId] } : {}),
+        ...(m.allocation.hostList ? { imageIds: [plan.imageId], ...warmSnapshots(plan, cacheDir) } : {}),
         recovery: m.recovery,
         // For a policy pack: judged before the cluster's agents start (its VMs register only once they have).
         vmFacts: plan.vms.map((p) => ({

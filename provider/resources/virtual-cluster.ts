@@ -3,6 +3,7 @@ import type * as pulumi from "@pulumi/pulumi";
 import type { AllocationRequest, ClusterAgents } from "../allocation/allocator";
 import type { AgentLaunch, AgentRecord } from "../allocation/local";
 import type { AllocationModel } from "../model/resolve";
+import { managerFacts } from "../allocation/managers";
 import { info, warn } from "./engine-log";
 import { ModuleProviderResource } from "./provider-module";
 
@@ -25,6 +26,12 @@ export interface VirtualClusterInputs {
    * these are staged to them down the bootstrap tree, at create and whenever the list changes.
    */
   imageIds?: string[];
+  /**
+   * The warm-launch snapshots its VMs restore that the controller's store has (keys, drivers/qemu-warm.ts;
+   * made by `vse warm`): staged like the images to agents on declared hosts, so that their first VMs come
+   * up warm too. Without one a host's first warm VM boots cold and leaves one there.
+   */
+  snapshotKeys?: string[];
   /** spec.recovery: what the agents of declared hosts do when failure detection finds a host lost (agent/recovery.ts); absent: none. */
   recovery?: "none" | "terminate" | "restart";
   /**
@@ -90,22 +97,28 @@ function stateOf(o: VirtualClusterOutputs): ClusterAgents {
   return { agents: o.agents ?? [], ca: o.ca ?? null, info: o.allocationInfo ?? {}, ...(o.allocationRef ? { ref: o.allocationRef } : {}) };
 }
 
-/** Stages the VMs' images to agents that keep their own image store (those serving HTTPS); a host that has one already skips it. */
-async function stageImages(req: AllocationRequest, state: ClusterAgents, imageIds: string[]): Promise<void> {
-  if (!state.ca || !imageIds.length || req.allocation.manager !== "static") return;
+/** Stages the VMs' images, then their warm-launch snapshots, to agents that keep their own image store (those serving HTTPS); a host that has one already skips it. */
+async function stageImages(req: AllocationRequest, state: ClusterAgents, imageIds: string[], snapshotKeys: string[] = []): Promise<void> {
+  if (!state.ca || !ownHosts(req.allocation.manager)) return;
   const { stageClusterImage } = require("../allocation/staging") as typeof import("../allocation/staging");
-  for (const id of [...new Set(imageIds)]) {
-    const r = await stageClusterImage(req, state, id);
+  const staged = [...[...new Set(imageIds)].map((id) => ["image", id] as const), ...[...new Set(snapshotKeys)].map((k) => ["snapshot", k] as const)];
+  for (const [kind, id] of staged) {
+    const r = await stageClusterImage(req, state, id, { kind });
     const mib = (r.bytesTotal / 1048576).toFixed(1);
     await info(
-      `cluster ${req.clusterName}: image ${id.slice(0, 12)} (${mib} MiB) on ${r.hosts.length} hosts: ${r.staged} staged down the tree (fanout ${r.fanout}), ${r.skipped} had it; ${r.seconds.toFixed(1)} s`,
+      `cluster ${req.clusterName}: ${kind} ${id.slice(0, 12)} (${mib} MiB) on ${r.hosts.length} hosts: ${r.staged} staged down the tree (fanout ${r.fanout}), ${r.skipped} had it; ${r.seconds.toFixed(1)} s`,
     );
   }
 }
 
-/** Agents that watch each other: those of declared hosts, bootstrapped as a tree (their membership starts the heartbeats). */
+/** Whether the manager's agents serve HTTPS on hosts of their own, with their own image stores, watching each other (allocation/managers.ts). */
+function ownHosts(manager: string): boolean {
+  return managerFacts(manager)?.ownHosts === true;
+}
+
+/** Agents that watch each other: those of hosts of their own, bootstrapped as a tree (their membership starts the heartbeats). */
 function watching(req: AllocationRequest, state: ClusterAgents): boolean {
-  return req.allocation.manager === "static" && state.ca !== null;
+  return ownHosts(req.allocation.manager) && state.ca !== null;
 }
 
 /** Sets the recovery policy on every agent of the cluster (PUT /v1/cluster/recovery); the agents themselves default to none. */
@@ -158,7 +171,7 @@ export async function clusterCreate(inputs: VirtualClusterInputs): Promise<pulum
   const allocator = allocatorOf(inputs);
   const got = await allocator.allocate(req);
   try {
-    await stageImages(req, got, inputs.imageIds ?? []);
+    await stageImages(req, got, inputs.imageIds ?? [], inputs.snapshotKeys);
     await setRecovery(req, got, inputs.recovery ?? "none");
   } catch (err) {
     await allocator.release(req, got).catch(() => undefined);
@@ -193,8 +206,9 @@ export async function clusterDiff(olds: VirtualClusterOutputs, news: VirtualClus
   // A scheduler allocation that refresh found ended (cancelled, out of time) cannot be resumed: the next up makes a new one.
   if (!replaces.includes("allocation") && olds.allocationInfo?.allocation?.startsWith("ended")) replaces.push("allocation");
   const restarts = RESTART_KEYS.filter((k) => olds[k] !== news[k]);
-  if (news.manager === "static" && JSON.stringify(olds.imageIds ?? []) !== JSON.stringify(news.imageIds ?? [])) restarts.push("imageIds");
-  if (news.manager === "static" && (olds.recovery ?? "none") !== (news.recovery ?? "none")) restarts.push("recovery");
+  if (ownHosts(news.manager) && JSON.stringify(olds.imageIds ?? []) !== JSON.stringify(news.imageIds ?? [])) restarts.push("imageIds");
+  if (ownHosts(news.manager) && JSON.stringify(olds.snapshotKeys ?? []) !== JSON.stringify(news.snapshotKeys ?? [])) restarts.push("snapshotKeys");
+  if (ownHosts(news.manager) && (olds.recovery ?? "none") !== (news.recovery ?? "none")) restarts.push("recovery");
   const unhealthy = (olds.agents ?? []).some((a) => !a.healthy);
   return { changes: replaces.length > 0 || restarts.length > 0 || unhealthy, replaces, deleteBeforeReplace: true };
 }
@@ -224,7 +238,7 @@ export async function clusterUpdate(olds: VirtualClusterOutputs, news: VirtualCl
     agents.push({ ...(await allocator.restartAgent(req, state, a)), healthy: true });
   }
   // A restarted agent, or a new image, may need staging; hosts that have an image skip it.
-  await stageImages(req, { ...state, agents }, news.imageIds ?? []);
+  await stageImages(req, { ...state, agents }, news.imageIds ?? [], news.snapshotKeys);
   // The policy returns only once every agent hears all its peers again: a restart must not be acted on late.
   if (policy !== "none" && (relaunch || healthy.includes(false))) await untilAllHeard(req, { ...state, agents });
   await setRecovery(req, { ...state, agents }, policy);

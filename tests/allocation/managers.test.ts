@@ -39,3 +39,10 @@ test("the descriptor table imports types only (no code of its own to load)", () 
   expect(imports.filter((l) => !/^import type /.test(l))).toEqual([]);
   expect(source).not.toMatch(/\brequire\(/);
 });
+
+test("only managers of declared hosts can have hosts of their own (HTTPS agents with their own stores, watching each other)", () => {
+  for (const [m, facts] of Object.entries(MANAGERS)) if (facts.ownHosts) expect({ m, hosts: facts.hosts }).toEqual({ m, hosts: "declared" });
+  // The static manager is the one whose agents are bootstrapped as a tree on hosts of their own.
+  expect(MANAGERS.static.ownHosts).toBe(true);
+  expect(MANAGERS.ssh.ownHosts).toBe(false);
+});

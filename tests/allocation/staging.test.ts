@@ -4,21 +4,26 @@
 // down the tree byte for byte and a VM boots from it on a leaf; hosts that
 // have it are skipped; a link cut mid-transfer resumes from what the receiver
 // verified; a hostile sender's corrupted chunk and forged manifest are
-// refused, and a partial image is never visible in the store.
+// refused, and a partial image is never visible in the store. A warm-launch
+// snapshot made on the controller goes down the same tree into each host's
+// snapshots, and a leaf's first warm VM restores it instead of booting.
 // Needs root (iproute2, tc) and the compiled agent (npx tsc -p tsconfig.json).
 import * as crypto from "crypto";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { ImageNotFound, ImageStore } from "../../provider/agent/image-store";
+import { ImageNotFound, ImageStore, snapshotRootOf } from "../../provider/agent/image-store";
 import { newClusterToken } from "../../provider/agent/protocol";
-import { buildManifest, signManifest, STAGED_FILES, StagingLink, StagingRefused, StagingStatus } from "../../provider/agent/staging";
+import { buildManifest, signManifest, SNAPSHOT_STAGED_FILES, STAGED_FILES, StagingLink, StagingRefused, StagingStatus } from "../../provider/agent/staging";
 import { AgentLaunch } from "../../provider/allocation/local";
 import { capHostLink, netnsLeftovers, NetnsHosts, setUpNetnsHosts, tearDownNetnsHosts } from "../../provider/allocation/netns";
 import { clusterCa, StaticAgentRecord, startStaticAgent, staticClient, stopStaticCluster } from "../../provider/allocation/static";
 import { StageHost, stageImage, StageOptions, stagingFanout, stagingTree } from "../../provider/allocation/staging";
 import { ClusterCa } from "../../provider/allocation/tls";
 import { clusterKey } from "../../provider/drivers/network";
+import { makeSnapshot } from "../../provider/cli/warm";
+import { parseQemuConfig } from "../../provider/drivers/qemu";
+import { snapshotKey } from "../../provider/drivers/qemu-warm";
 import { buildImage } from "../../provider/image/busybox";
 import { jobEnv, vmSpec, waitForVm } from "../support/agent";
 import { processesUnder } from "../support/stack";
@@ -316,5 +321,67 @@ test("a hostile stream: no token, no session, a corrupted chunk, a frame for no 
   } finally {
     sender.close();
     stranger.close();
+  }
+});
+
+test("a warm-launch snapshot made on the controller is staged down the tree, and a leaf's first warm VM restores it", async () => {
+  const warmEnv = { ...jobEnv("stay-up", ["/bin/sh", "-c", "echo warm-$((6*7)) on $(hostname)"]), name: "w", warm: true as const };
+  const spec = (name: string) => vmSpec({ key: launch.clusterKey, cacheDir }, name, { env: warmEnv });
+  const warmImage = parseQemuConfig(spec("w-0").config).facts.imageId;
+  // Made where `vse warm` makes it: the controller's store, through the QEMU driver.
+  const key = await makeSnapshot(cacheDir, "w-0", spec("w-0").config, { command: warmEnv.job.command, env: warmEnv.job.env });
+  expect(key).toBe(snapshotKey(parseQemuConfig(spec("w-1").config).facts));
+  await stageImage(warmImage, targets, options());
+  const r = await stageImage(key, targets, { ...options(), kind: "snapshot" });
+  expect(r).toMatchObject({ image: key, skipped: 0, staged: COUNT });
+  const mine = path.join(cacheDir, "snapshots", key);
+  for (let i = 0; i < COUNT; i++) {
+    const there = path.join(snapshotRootOf(storeOf(i)), key);
+    for (const f of SNAPSHOT_STAGED_FILES) expect(fs.readFileSync(path.join(there, f)).equals(fs.readFileSync(path.join(mine, f)))).toBe(true);
+    // Not in the image store: a snapshot is no image.
+    expect(fs.existsSync(path.join(storeOf(i), key))).toBe(false);
+  }
+  // Staged again: every host has it.
+  expect(await stageImage(key, targets, { ...options(), kind: "snapshot" })).toMatchObject({ skipped: COUNT, staged: 0 });
+
+  const leaf = staticClient(agents[3], launch.token, ca.cert);
+  await leaf.putVm("w-1", spec("w-1"));
+  const v = await waitForVm(leaf, "w-1", (x) => x.job.state === "done", 150000);
+  expect(v.job).toMatchObject({ state: "done", exitCode: 0, output: "warm-42 on w-1\n" });
+  expect(v.observed.launch).toBe("warm");
+  expect(fs.readdirSync(snapshotRootOf(storeOf(3)))).toEqual([key]);
+  await leaf.deleteVm("w-1");
+});
+
+test("a snapshot's manifest binds its kind and its key: an image cannot land among snapshots, nor a snapshot under another key", async () => {
+  const sender = new StagingLink(targets[1].url, launch.token, ca.cert);
+  try {
+    // Snapshot files whose snapshot.json names another key than the one they are staged under.
+    const key = crypto.randomBytes(32).toString("hex");
+    const src = path.join(dir, "forged-snapshot", key);
+    fs.mkdirSync(src, { recursive: true });
+    fs.writeFileSync(path.join(src, "vmstate"), crypto.randomBytes(300 * 1024));
+    fs.writeFileSync(path.join(src, "snapshot.json"), JSON.stringify({ key: "f".repeat(64) }));
+    const manifest = await buildManifest(src, key, 1024 * 1024, "snapshot");
+    expect(manifest.kind).toBe("snapshot");
+    const signed = signManifest(manifest, fs.readFileSync(ca.keyFile));
+    await sender.start(key, signed, [], RUN);
+    for (const [f, name] of SNAPSHOT_STAGED_FILES.entries()) await sender.sendChunk(key, f, 0, fs.readFileSync(path.join(src, name)));
+    const s = await sender.status(key);
+    expect(s.state).toBe("failed");
+    expect(s.error).toMatch(`snapshot.json names snapshot ${"f".repeat(64)}, not ${key}`);
+    expect(fs.existsSync(path.join(snapshotRootOf(storeOf(1)), key))).toBe(false);
+    expect(fs.existsSync(path.join(snapshotRootOf(storeOf(1)), "f".repeat(64)))).toBe(false);
+
+    // The kind is signed: an image's manifest edited to say snapshot no longer verifies, and a signed one with an image's files is refused.
+    const { id, signed: imageSigned, manifest: imageManifest } = await randomImage("kind", 1024, 1024);
+    const edited = JSON.stringify({ ...JSON.parse(imageSigned.manifest), kind: "snapshot" });
+    await expect(sender.start(id, { ...imageSigned, manifest: edited }, [], RUN)).rejects.toMatchObject({ status: 403 });
+    const mixed = signManifest({ ...imageManifest, kind: "snapshot" }, fs.readFileSync(ca.keyFile));
+    await expect(sender.start(id, mixed, [], RUN)).rejects.toThrow(/files\[0\]\.name: expected vmstate|files: expected vmstate, snapshot.json/);
+    const odd = signManifest({ ...imageManifest, kind: "kernel" } as unknown as typeof imageManifest, fs.readFileSync(ca.keyFile));
+    await expect(sender.start(id, odd, [], RUN)).rejects.toThrow(/kind: expected "snapshot" or none/);
+  } finally {
+    sender.close();
   }
 });

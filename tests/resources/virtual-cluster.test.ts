@@ -148,6 +148,18 @@ test("static: a change of a declared address replaces the cluster; the same host
   });
 });
 
+test("static: a new warm-launch snapshot in the controller's store is an update (staged to the hosts), never a replace; local clusters ignore it", async () => {
+  const list = hosts.hosts.map((h) => ({ address: h.address, netns: h.netns }));
+  const news = clusterInputs("sta", { manager: "static", hosts: 2, hostList: list, port: 7443 });
+  const olds = { ...news, agents: [] } as unknown as VirtualClusterOutputs;
+  expect(await clusterDiff(olds, { ...news, snapshotKeys: ["a".repeat(64)] })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: true });
+  expect(await clusterDiff({ ...olds, snapshotKeys: ["a".repeat(64)] }, { ...news, snapshotKeys: ["a".repeat(64)] })).toMatchObject({ changes: false });
+  const local = clusterInputs("loc", { manager: "local", hosts: 2 });
+  expect(await clusterDiff({ ...local, agents: [] } as unknown as VirtualClusterOutputs, { ...local, snapshotKeys: ["a".repeat(64)] })).toMatchObject({
+    changes: false,
+  });
+});
+
 test("static: a host that cannot start its agent fails the create with its address, and nothing is left", async () => {
   // 10.213.6.61 is in no namespace: the agent cannot listen there.
   const list = [
