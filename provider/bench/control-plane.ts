@@ -7,6 +7,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { engineEnv, openStack, PROJECT_ROOT } from "../cli/engine";
 import { breakdown, Breakdown, checkpointFile, timed } from "./engine-timeline";
+import { CpuRole, withProcessCpu } from "./process-cpu";
 
 export const CONTROL_PLANE_TARGETS = { previewSeconds: 10, changeOneSeconds: 15, checkpointBytesPerVm: 2048 };
 
@@ -39,8 +40,8 @@ export interface ControlPlaneResult {
   clusters: number;
   agents: number;
   up: { seconds: number; breakdown: Breakdown };
-  preview: { seconds: number; engineProcess: number; breakdown: Breakdown };
-  changeOne: { seconds: number; engineProcess: number; breakdown: Breakdown; changed: number };
+  preview: { seconds: number; engineProcess: number; breakdown: Breakdown; cpu?: Record<CpuRole, number> };
+  changeOne: { seconds: number; engineProcess: number; breakdown: Breakdown; changed: number; cpu?: Record<CpuRole, number> };
   checkpoint: { bytes: number; bytesPerVm: number; perVm?: CheckpointShare };
   /** `pulumi destroy` with PULUMI_SKIP_CHECKPOINTS=true (cleanup; only the final checkpoint is written). */
   destroySeconds: number;
@@ -103,6 +104,8 @@ export interface FloorResult {
   upBreakdown: Breakdown;
   previewBreakdown: Breakdown;
   changeOneBreakdown: Breakdown;
+  previewCpu?: Record<CpuRole, number>;
+  changeOneCpu?: Record<CpuRole, number>;
 }
 
 /** The engine's floor at the same scale: the same three operations on 1,000 trivial dynamic resources (provider/bench/floor/trivial). */
@@ -120,10 +123,10 @@ export async function controlPlaneFloor(tmp: string, log: (m: string) => void = 
     const up = await timed(stack, (onEvent) => stack.up({ onEvent }));
     log(`  up: ${up.timeline.wall.toFixed(1)} s`);
     const bytes = fs.statSync(checkpointFile(backend, project, name)).size;
-    const preview = await timed(stack, (onEvent) => stack.preview({ onEvent }));
-    log(`  preview: ${preview.timeline.wall.toFixed(1)} s`);
+    const { result: preview, cpu: previewCpu } = await withProcessCpu(() => timed(stack, (onEvent) => stack.preview({ onEvent })));
+    log(`  preview: ${preview.timeline.wall.toFixed(1)} s (CPU ${JSON.stringify(previewCpu)})`);
     await stack.setConfig(`${project}:changed`, { value: "true" });
-    const change = await timed(stack, (onEvent) => stack.up({ onEvent }));
+    const { result: change, cpu: changeOneCpu } = await withProcessCpu(() => timed(stack, (onEvent) => stack.up({ onEvent })));
     log(`  change one: ${change.timeline.wall.toFixed(1)} s (${JSON.stringify(change.result.summary.resourceChanges)})`);
     stack.workspace.envVars.PULUMI_SKIP_CHECKPOINTS = "true";
     await stack.destroy();
@@ -140,6 +143,8 @@ export async function controlPlaneFloor(tmp: string, log: (m: string) => void = 
       upBreakdown: breakdown(up.timeline),
       previewBreakdown: breakdown(preview.timeline, "preview"),
       changeOneBreakdown: breakdown(change.timeline),
+      previewCpu,
+      changeOneCpu,
     };
   } catch (err) {
     await stack.destroy().catch(() => undefined);
@@ -176,14 +181,14 @@ export async function controlPlane(tmp: string, log: (m: string) => void = conso
     log(`  checkpoint: ${Math.round(bytes / vms)} B per VM ${JSON.stringify(perVm)}`);
 
     log("control plane: no-op pulumi preview…");
-    const preview = await timed(stack, (onEvent) => stack.preview({ onEvent }));
+    const { result: preview, cpu: previewCpu } = await withProcessCpu(() => timed(stack, (onEvent) => stack.preview({ onEvent })));
     const pchanges = preview.result.changeSummary;
     if (Object.keys(pchanges).some((k) => k !== "same")) throw new Error(`control plane: the no-op preview plans changes: ${JSON.stringify(pchanges)}`);
-    log(`  preview: ${preview.timeline.wall.toFixed(1)} s`);
+    log(`  preview: ${preview.timeline.wall.toFixed(1)} s (CPU ${JSON.stringify(previewCpu)})`);
 
     log("control plane: pulumi up that changes one VM…");
     fs.writeFileSync(path.join(defs, "clusters.yaml"), definitions(true));
-    const change = await timed(stack, (onEvent) => stack.up({ onEvent }));
+    const { result: change, cpu: changeOneCpu } = await withProcessCpu(() => timed(stack, (onEvent) => stack.up({ onEvent })));
     const changed = Object.entries(change.result.summary.resourceChanges ?? {})
       .filter(([k]) => k !== "same")
       .reduce((n, [, c]) => n + (c ?? 0), 0);
@@ -210,12 +215,14 @@ export async function controlPlane(tmp: string, log: (m: string) => void = conso
         seconds: preview.timeline.wall,
         engineProcess: main(preview.timeline, "preview").end - main(preview.timeline, "preview").start,
         breakdown: breakdown(preview.timeline, "preview"),
+        cpu: previewCpu,
       },
       changeOne: {
         seconds: change.timeline.wall,
         engineProcess: main(change.timeline, "up").end - main(change.timeline, "up").start,
         breakdown: breakdown(change.timeline),
         changed,
+        cpu: changeOneCpu,
       },
       checkpoint: { bytes, bytesPerVm: bytes / vms, perVm },
       destroySeconds,
