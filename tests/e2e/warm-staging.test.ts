@@ -8,7 +8,6 @@
 import * as fs from "fs";
 import * as path from "path";
 import { snapshotRootOf } from "../../provider/agent/image-store";
-import { DEFAULT_CACHE_DIR } from "../../provider/program/plan";
 import { main as vse } from "../../provider/cli/vse";
 import { PROJECT_ROOT } from "../../provider/cli/engine";
 import { NetnsHosts } from "../../provider/allocation/netns";
@@ -48,18 +47,22 @@ spec:
 const fixture = useNetnsStack({ tag: TAG, subnet: SUBNET, count: 2, definitions: { "cluster.yaml": DEFS } });
 let hosts: NetnsHosts;
 let t: TestStack | undefined;
-beforeAll(() => {
+let cacheDir: string;
+beforeAll(async () => {
   ({ hosts, t } = fixture());
+  // A cache of its own: a snapshot of the shared cache would make other tests' first VMs warm.
+  cacheDir = path.join(t!.dir, "cache");
+  await t!.stack.setConfig("vse:cacheDir", { value: cacheDir });
 });
 
 test("the controller's snapshot is staged to both hosts with the image, and each host's first VM restores it", async () => {
   expect(hosts.hosts.map((h) => h.address)).toEqual(["10.213.8.2", "10.213.8.3"]);
   let out = "";
   const io = { stdout: (s: string) => (out += s), stderr: (s: string) => (out += s), cwd: PROJECT_ROOT };
-  expect(await vse(["warm", t!.defsDir, "--stack", t!.name], io)).toBe(0);
+  expect(await vse(["warm", t!.defsDir, "--stack", t!.name, "--cache-dir", cacheDir], io)).toBe(0);
   const key = /snapshot ([0-9a-f]{12})/.exec(out)?.[1];
   expect(key).toBeDefined();
-  const full = fs.readdirSync(path.join(DEFAULT_CACHE_DIR, "snapshots")).find((k) => k.startsWith(key!))!;
+  const full = fs.readdirSync(path.join(cacheDir, "snapshots")).find((k) => k.startsWith(key!))!;
 
   const res = await upAndCheckNoDiff(t!.stack);
   const vms = res.outputs.vms.value as Record<string, { status: string; output: string; launch: string }>;
