@@ -54,25 +54,18 @@ export function snapshotFile(dir: string, key: string): string {
 
 /** The -incoming URI that restores a snapshot, or undefined when there is none (the VM then boots cold). */
 export function restoreUri(dir: string | undefined, facts: ConfigFacts): string | undefined {
-  if (!dir) return undefined;
-  const file = snapshotFile(dir, snapshotKey(facts));
+  return dir ? restoreUriOfKey(dir, snapshotKey(facts)) : undefined;
+}
+
+/** The -incoming URI that restores the snapshot of key in dir, or undefined when dir has no complete one. */
+export function restoreUriOfKey(dir: string, key: string): string | undefined {
+  const file = snapshotFile(dir, key);
   if (!fs.existsSync(path.join(path.dirname(file), "snapshot.json")) || !SAFE_PATH.test(file)) return undefined;
   return `exec:cat ${file}`;
 }
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-/** The keys of the snapshots that VMs of these (QEMU) configs restore and that dir has, sorted, each once. */
-export function snapshotsIn(dir: string, configs: string[]): string[] {
-  const { parseQemuConfig } = require("./qemu") as typeof import("./qemu");
-  const keys = new Set<string>();
-  for (const config of configs) {
-    const { facts } = parseQemuConfig(config);
-    if (restoreUri(dir, facts)) keys.add(snapshotKey(facts));
-  }
-  return [...keys].sort();
 }
 
 /** Waits until the guest prints its ready marker on the console; false if the VM ended or time ran out first. */

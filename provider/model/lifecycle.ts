@@ -53,6 +53,10 @@ export const LIFECYCLE: Record<string, FieldRule> = {
   "Environment.spec.debian.mirror": { policy: "replace", vmInput: "imageId", why: "packages from another archive, a new image" },
   "Environment.spec.kernelArgs": { policy: "restart", vmInput: "kernelArgs", why: "read by the kernel at boot" },
   "Environment.spec.warm": { policy: "replace", vmInput: "imageId", why: "a warm image's init waits for its identity; the image changes" },
+  "Environment.spec.warmAhead": {
+    policy: "in-place",
+    why: "the Environment makes the snapshots at up (an update); running VMs are not touched, later ones restore them",
+  },
   "Environment.spec.job.command": {
     policy: "replace",
     vmInput: "imageId",

@@ -14,6 +14,8 @@ export interface EnvironmentModel {
   debian?: DebianModel;
   /** Warm launch asked for (absent when not, so other models and their image ids are unchanged). */
   warm?: true;
+  /** spec.warmAhead: the Environment resource makes the clusters' snapshots at `pulumi up` (resources/environment.ts). */
+  warmAhead?: true;
   kernelArgs: string[];
   job: {
     command: string[];
@@ -94,6 +96,7 @@ export function environmentModel(l: Located<import("./types.generated").Environm
         }
       : {}),
     ...(s.warm ? { warm: true as const } : {}),
+    ...(s.warmAhead ? { warmAhead: true as const } : {}),
     kernelArgs: [...(s.kernelArgs ?? [])],
     job: {
       command: [...s.job.command],
@@ -260,6 +263,17 @@ export function resolveClusters(input: Definitions, options: PolicyOptions = {})
         message: `warm launch needs hypervisor "qemu"; cluster "${c.name}" runs this environment on "${c.profile.hypervisor}" (VmProfile "${c.profile.name}")`,
       });
     }
+  }
+  // Snapshots made ahead are warm-launch snapshots: without warm launch there is nothing to restore them.
+  for (const l of defs.environments.values()) {
+    const spec = l.doc.spec as { warm?: boolean; warmAhead?: boolean };
+    if (spec.warmAhead && !spec.warm)
+      problems.push({
+        file: l.file,
+        ...l.at(["spec", "warmAhead"]),
+        field: "spec.warmAhead",
+        message: "warmAhead makes warm-launch snapshots ahead: it needs spec.warm: true",
+      });
   }
   // VM names must be unique across clusters: they are agent keys and URN names.
   const vmNames = new Map<string, string>();

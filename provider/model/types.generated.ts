@@ -45,6 +45,10 @@ export interface Environment {
      */
     warm?: boolean;
     /**
+     * Make the warm-launch snapshots at `pulumi up`, before any VM starts: the Environment resource boots one throw-away VM per snapshot its clusters will restore (per profile and network) into the controller's store, as `vse warm` does ahead of time, so that even the first VM comes up warm (on hosts of their own too: the snapshot is staged with the image). Costs one boot per snapshot in the up that makes it. Needs spec.warm.
+     */
+    warmAhead?: boolean;
+    /**
      * Extra kernel command-line parameters, appended after the provider's own (console, panic).
      *
      * @maxItems 32

@@ -10,7 +10,7 @@ import { Config } from "@pulumi/pulumi/config";
 import { RunError } from "@pulumi/pulumi/errors";
 import { getProject, getStack } from "@pulumi/pulumi/metadata";
 import { all } from "@pulumi/pulumi/output";
-import { Environment } from "../resources/environment";
+import { Environment, SnapshotAhead } from "../resources/environment";
 import { VmProfile } from "../resources/vm-profile";
 import { VirtualCluster } from "../resources/virtual-cluster";
 import { VirtualMachine } from "../resources/virtual-machine";
@@ -65,15 +65,30 @@ async function main(): Promise<Record<string, unknown>> {
   }
 }
 
-/** A warm QEMU cluster's snapshots that the controller's store has (`vse warm` made them): staged to its hosts with the image. */
+/** The snapshots a warm QEMU cluster's VMs restore, one VM's config for each (by key); none for a cold cluster. */
+function snapshotsOf(plan: ClusterPlan): SnapshotAhead[] {
+  if (!plan.model.environment.warm || plan.model.profile.hypervisor !== "qemu") return [];
+  const { parseQemuConfig } = require("../drivers/qemu") as typeof import("../drivers/qemu");
+  const { snapshotKey } = require("../drivers/qemu-warm") as typeof import("../drivers/qemu-warm");
+  const byKey = new Map<string, SnapshotAhead>();
+  for (const p of plan.vms) {
+    const key = snapshotKey(parseQemuConfig(p.config).facts);
+    if (!byKey.has(key)) byKey.set(key, { key, vm: p.vm.name, config: p.config });
+  }
+  return [...byKey.values()];
+}
+
+/**
+ * The snapshots to stage to a warm cluster's hosts of their own, with its image: those the controller's
+ * store has (`vse warm` made them) and those its Environment makes at this up (spec.warmAhead).
+ */
 function warmSnapshots(plan: ClusterPlan, cacheDir: string): { snapshotKeys?: string[] } {
-  if (!plan.model.environment.warm || plan.model.profile.hypervisor !== "qemu") return {};
-  const { snapshotsIn } = require("../drivers/qemu-warm") as typeof import("../drivers/qemu-warm");
-  const keys = snapshotsIn(
-    path.join(cacheDir, "snapshots"),
-    plan.vms.map((p) => p.config),
-  );
-  return keys.length ? { snapshotKeys: keys } : {};
+  const wanted = snapshotsOf(plan);
+  if (!wanted.length) return {};
+  const { restoreUriOfKey } = require("../drivers/qemu-warm") as typeof import("../drivers/qemu-warm");
+  const dir = path.join(cacheDir, "snapshots");
+  const keys = wanted.filter((s) => plan.model.environment.warmAhead || restoreUriOfKey(dir, s.key)).map((s) => s.key);
+  return keys.length ? { snapshotKeys: [...new Set(keys)].sort() } : {};
 }
 
 /** Declares the resources of the planned clusters; returns the stack's outputs and the resources. */
@@ -87,13 +102,29 @@ function declare(
   const environments = new Map<string, Environment>();
   const profiles = new Map<string, VmProfile>();
   const vmsOut: Record<string, pulumi.Output<unknown>> = {};
+  // One image per environment, and one more where a cluster adds its network to it ('+' cannot clash with a name).
+  const envKeyOf = (plan: ClusterPlan) => (plan.extras ? `${plan.model.environment.name}+network` : plan.model.environment.name);
+  // What an environment asked to make its snapshots ahead makes: one per key over all the clusters that use it.
+  const ahead = new Map<string, SnapshotAhead[]>();
+  for (const plan of plans) {
+    if (!plan.model.environment.warmAhead) continue;
+    const list = ahead.get(envKeyOf(plan)) ?? [];
+    for (const s of snapshotsOf(plan)) if (!list.some((x) => x.key === s.key)) list.push(s);
+    ahead.set(envKeyOf(plan), list);
+  }
   for (const plan of plans) {
     const m = plan.model;
-    // One image per environment, and one more where a cluster adds its network to it ('+' cannot clash with a name).
-    const envKey = plan.extras ? `${m.environment.name}+network` : m.environment.name;
+    const envKey = envKeyOf(plan);
     let env = environments.get(envKey);
     if (!env) {
-      env = new Environment(envKey, { spec: m.environment, imageId: plan.imageId, cacheDir, extras: plan.extras ?? null });
+      const snapshots = ahead.get(envKey);
+      env = new Environment(envKey, {
+        spec: m.environment,
+        imageId: plan.imageId,
+        cacheDir,
+        extras: plan.extras ?? null,
+        ...(snapshots ? { snapshots: snapshots.sort((a, b) => a.key.localeCompare(b.key)) } : {}),
+      });
       environments.set(envKey, env);
       resources.push(env);
     }

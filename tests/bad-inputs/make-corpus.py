@@ -82,7 +82,8 @@ case("kind-missing", "@@apiVersion: vse.dev/v1\nmetadata: {name: a}\n", "expecte
 # --- unknown fields
 case("unknown-top-level", env() + "@@status: {}\n", 'unknown field "status"; expected one of: apiVersion, kind, metadata, spec')
 case("unknown-metadata-labels", env(meta="  @@labels: {a: b}\n"), 'unknown field "labels"; expected one of: name, description')
-case("unknown-env-spec", env(spec=JOB + "  @@packages: [gcc]\n"), 'unknown field "packages"; expected one of: base, debian, warm, kernelArgs, job')
+case("unknown-env-spec", env(spec=JOB + "  @@packages: [gcc]\n"), 'unknown field "packages"; expected one of: base, debian, warm, warmAhead, kernelArgs, job')
+case("semantic-warm-ahead-without-warm", env(spec="  @@warmAhead: true\n" + JOB), "warmAhead makes warm-launch snapshots ahead: it needs spec.warm: true")
 case("unknown-env-debian", env(spec="  base: debian\n  debian: {packages: [bc], @@suite: bookworm}\n" + JOB), 'unknown field "suite"; expected one of: release, packages, mirror')
 # A missing field is reported at its parent's key.
 case("debian-missing", env(spec="  base: debian\n" + JOB).replace("\nspec:", "\n@@spec:"), 'required field "debian" is missing')
