@@ -226,9 +226,10 @@ async function applyState(inputs: VirtualMachineInputs, previous?: VirtualMachin
           `VM ${inputs.vmName}: ${v?.observed.state ?? "starting"} for ${Math.round((Date.now() - t0) / 1000)} s, waiting for its job's result${last ? ` (console: ${last})` : ""}`,
         );
       }
-      // Soon at first (a warm VM answers within a fraction of a second), then every 100 ms.
+      // Often for the first 2 s (a warm VM answers within a fraction of a second, and the result is seen only
+      // at a poll: each interval rounds the launch time up), then every 100 ms.
       await sleep(pollMs);
-      pollMs = Math.min(100, pollMs * 2);
+      pollMs = Date.now() - t0 < 2000 ? Math.min(25, pollMs * 2) : 100;
       v = await client.getVm(inputs.vmName);
     }
   } catch (err) {
