@@ -129,7 +129,7 @@ class StandinOps implements DriverOps {
     // Started once the shell has printed the job and become sleep (QEMU's start likewise returns once QEMU
     // answers): a status taken while it still execs must not find a VM in between.
     const deadline = Date.now() + 5000;
-    while (!(this.pid(name) === pid && isSleepingNow(pid))) {
+    while (!isSleepingNow(pid)) {
       if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline)
         throw new Error(`${STANDIN_NAME}: VM ${name}: its stand-in process did not start (pid ${pid})`);
       await sleepMs(2);

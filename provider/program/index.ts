@@ -82,13 +82,13 @@ function snapshotsOf(plan: ClusterPlan): SnapshotAhead[] {
  * The snapshots to stage to a warm cluster's hosts of their own, with its image: those the controller's
  * store has (`vse warm` made them) and those its Environment makes at this up (spec.warmAhead).
  */
-function warmSnapshots(plan: ClusterPlan, cacheDir: string): { snapshotKeys?: string[] } {
-  const wanted = snapshotsOf(plan);
+function warmSnapshots(plan: ClusterPlan, wanted: SnapshotAhead[], cacheDir: string): { snapshotKeys?: string[] } {
   if (!wanted.length) return {};
   const { restoreUriOfKey } = require("../drivers/qemu-warm") as typeof import("../drivers/qemu-warm");
   const dir = path.join(cacheDir, "snapshots");
+  // snapshotsOf gives each key once.
   const keys = wanted.filter((s) => plan.model.environment.warmAhead || restoreUriOfKey(dir, s.key)).map((s) => s.key);
-  return keys.length ? { snapshotKeys: [...new Set(keys)].sort() } : {};
+  return keys.length ? { snapshotKeys: keys.sort() } : {};
 }
 
 /** Declares the resources of the planned clusters; returns the stack's outputs and the resources. */
@@ -104,12 +104,16 @@ function declare(
   const vmsOut: Record<string, pulumi.Output<unknown>> = {};
   // One image per environment, and one more where a cluster adds its network to it ('+' cannot clash with a name).
   const envKeyOf = (plan: ClusterPlan) => (plan.extras ? `${plan.model.environment.name}+network` : plan.model.environment.name);
+  // A cluster's snapshots, parsed from its configs at most once, and only where they are needed: for an
+  // Environment that makes them ahead, and for staging to hosts of their own.
+  const parsed = new Map<ClusterPlan, SnapshotAhead[]>();
+  const wantedOf = (plan: ClusterPlan) => parsed.get(plan) ?? parsed.set(plan, snapshotsOf(plan)).get(plan)!;
   // What an environment asked to make its snapshots ahead makes: one per key over all the clusters that use it.
   const ahead = new Map<string, SnapshotAhead[]>();
   for (const plan of plans) {
     if (!plan.model.environment.warmAhead) continue;
     const list = ahead.get(envKeyOf(plan)) ?? [];
-    for (const s of snapshotsOf(plan)) if (!list.some((x) => x.key === s.key)) list.push(s);
+    for (const s of wantedOf(plan)) if (!list.some((x) => x.key === s.key)) list.push(s);
     ahead.set(envKeyOf(plan), list);
   }
   for (const plan of plans) {
@@ -147,7 +151,7 @@ function declare(
         imageStore: path.join(cacheDir, "images"),
         sitePolicyFile,
         // Agents on declared hosts keep their own image stores: the cluster stages its image to them (after the Environment built it).
-        ...(m.allocation.hostList ? { imageIds: [plan.imageId], ...warmSnapshots(plan, cacheDir) } : {}),
+        ...(m.allocation.hostList ? { imageIds: [plan.imageId], ...warmSnapshots(plan, wantedOf(plan), cacheDir) } : {}),
         recovery: m.recovery,
         // For a policy pack: judged before the cluster's agents start (its VMs register only once they have).
         vmFacts: plan.vms.map((p) => ({

@@ -206,9 +206,12 @@ export async function clusterDiff(olds: VirtualClusterOutputs, news: VirtualClus
   // A scheduler allocation that refresh found ended (cancelled, out of time) cannot be resumed: the next up makes a new one.
   if (!replaces.includes("allocation") && olds.allocationInfo?.allocation?.startsWith("ended")) replaces.push("allocation");
   const restarts = RESTART_KEYS.filter((k) => olds[k] !== news[k]);
-  if (ownHosts(news.manager) && JSON.stringify(olds.imageIds ?? []) !== JSON.stringify(news.imageIds ?? [])) restarts.push("imageIds");
-  if (ownHosts(news.manager) && JSON.stringify(olds.snapshotKeys ?? []) !== JSON.stringify(news.snapshotKeys ?? [])) restarts.push("snapshotKeys");
-  if (ownHosts(news.manager) && (olds.recovery ?? "none") !== (news.recovery ?? "none")) restarts.push("recovery");
+  // Agents on hosts of their own are staged to and told the recovery policy: a change there is an update.
+  if (ownHosts(news.manager)) {
+    if (JSON.stringify(olds.imageIds ?? []) !== JSON.stringify(news.imageIds ?? [])) restarts.push("imageIds");
+    if (JSON.stringify(olds.snapshotKeys ?? []) !== JSON.stringify(news.snapshotKeys ?? [])) restarts.push("snapshotKeys");
+    if ((olds.recovery ?? "none") !== (news.recovery ?? "none")) restarts.push("recovery");
+  }
   const unhealthy = (olds.agents ?? []).some((a) => !a.healthy);
   return { changes: replaces.length > 0 || restarts.length > 0 || unhealthy, replaces, deleteBeforeReplace: true };
 }
